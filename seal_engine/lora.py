@@ -1,0 +1,207 @@
+"""The LoRA inner loop: train an adapter on a handful of sequences, save it, apply it.
+
+Adapters are plain data (a PEFT config plus the LoRA tensors) so that callers can keep
+many of them, save them in standard PEFT format, and apply any one to the shared base
+model only for as long as they need it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from .model import ModelBundle
+from .settings import LoraSettings
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class AdapterError(ValueError):
+    pass
+
+
+@dataclass
+class LoraAdapter:
+    config: LoraConfig
+    state: dict[str, torch.Tensor]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (loadable by peft)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save_pretrained(str(directory))
+        save_file({k: v.contiguous() for k, v in self.state.items()}, str(directory / ADAPTER_WEIGHTS))
+        return directory
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.state.values())
+
+
+@dataclass
+class TrainedAdapter(LoraAdapter):
+    seed: int = 0
+    losses: list[float] = field(default_factory=list)  # mean loss per optimizer step
+    num_sequences: int = 0
+    num_tokens: int = 0  # non-padding tokens seen in training, all epochs
+    seconds: float = 0.0
+
+
+def load_adapter(directory: str | Path) -> LoraAdapter:
+    directory = Path(directory)
+    if not (directory / ADAPTER_CONFIG).exists() or not (directory / ADAPTER_WEIGHTS).exists():
+        raise AdapterError(f"not a PEFT adapter directory (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): {directory}")
+    config = LoraConfig.from_pretrained(str(directory))
+    return LoraAdapter(config=config, state=load_file(str(directory / ADAPTER_WEIGHTS)))
+
+
+def lora_config(cfg: LoraSettings, base_model_id: str) -> LoraConfig:
+    targets: str | list[str] = cfg.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model_id,
+    )
+
+
+def tokenize(bundle: ModelBundle, sequences: Sequence[str], max_len: int) -> list[list[int]]:
+    ids = bundle.tokenizer(list(sequences), add_special_tokens=True, truncation=True, max_length=max_len)["input_ids"]
+    return [x for x in ids if len(x) > 1]
+
+
+def collate(batch: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; padding positions get label -100 so they carry no loss."""
+    width = max(len(x) for x in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, x in enumerate(batch):
+        input_ids[i, : len(x)] = torch.tensor(x)
+        attention[i, : len(x)] = 1
+    labels = input_ids.masked_fill(attention == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def _wrap(bundle: ModelBundle, config: LoraConfig) -> PeftModel:
+    try:
+        # A private copy: PEFT overwrites base_model_name_or_path with the local path.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*")
+            return get_peft_model(bundle.model, copy.deepcopy(config))
+    except ValueError as e:  # target modules not found in this architecture
+        raise AdapterError(f"cannot apply LoRA to {bundle.model_id}: {e}") from None
+
+
+def train_lora(
+    bundle: ModelBundle,
+    sequences: Sequence[str],
+    cfg: LoraSettings,
+    *,
+    seed: int | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainedAdapter:
+    """Train a fresh LoRA adapter on ``sequences`` (loss on every real token).
+
+    Deterministic for a given seed on a given machine: the seed fixes the LoRA
+    initialisation and the data order.
+    """
+    seed = cfg.seed if seed is None else seed
+    data = tokenize(bundle, sequences, cfg.max_seq_length)
+    if not data:
+        raise AdapterError("nothing to train on: every sequence is empty")
+    config = lora_config(cfg, bundle.model_id)
+    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    order_rng = random.Random(seed)
+    losses: list[float] = []
+    tokens = 0
+    t0 = time.perf_counter()
+    with bundle.lock:
+        torch.manual_seed(seed)
+        model = _wrap(bundle, config)
+        try:
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+            step = 0
+            for _ in range(cfg.epochs):
+                idx = list(range(len(data)))
+                order_rng.shuffle(idx)
+                for b in range(0, len(idx), cfg.batch_size):
+                    batch = collate([data[i] for i in idx[b : b + cfg.batch_size]], bundle.tokenizer.pad_token_id)
+                    batch = {k: v.to(bundle.device) for k, v in batch.items()}
+                    loss = model(**batch).loss
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+                    tokens += int(batch["attention_mask"].sum())
+                    losses.append(loss.item())
+                    if on_step:
+                        on_step(step, total, losses[-1])
+            state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        finally:
+            model.eval()
+            model.unload()
+    return TrainedAdapter(
+        config=config,
+        state=state,
+        seed=seed,
+        losses=losses,
+        num_sequences=len(data),
+        num_tokens=tokens,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def train_adapters(
+    bundle: ModelBundle,
+    training_sets: Sequence[Sequence[str]],
+    cfg: LoraSettings,
+    *,
+    seeds: Sequence[int] | None = None,
+    on_adapter: Callable[[int], None] | None = None,
+) -> list[TrainedAdapter]:
+    """Train one adapter per training set (the shape batched training will keep)."""
+    seeds = list(seeds) if seeds is not None else [cfg.seed] * len(training_sets)
+    if len(seeds) != len(training_sets):
+        raise ValueError("one seed per training set")
+    out = []
+    for i, (seqs, seed) in enumerate(zip(training_sets, seeds)):
+        out.append(train_lora(bundle, seqs, cfg, seed=seed))
+        if on_adapter:
+            on_adapter(i)
+    return out
+
+
+@contextmanager
+def applied_adapter(bundle: ModelBundle, adapter: LoraAdapter | None) -> Iterator[torch.nn.Module]:
+    """The base model with ``adapter`` applied (or the bare model for None), under the lock."""
+    with bundle.lock:
+        if adapter is None:
+            yield bundle.model
+            return
+        model = _wrap(bundle, adapter.config)
+        try:
+            result = set_peft_model_state_dict(model, adapter.state)
+            if result.unexpected_keys:
+                raise AdapterError(f"adapter does not fit {bundle.model_id}: unexpected {result.unexpected_keys[:3]}")
+            model.eval()
+            yield model
+        finally:
+            model.unload()

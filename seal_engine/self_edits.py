@@ -1,0 +1,53 @@
+"""Sampling self-edits: the model writes its own training data for a document."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .documents import Document
+from .generation import generate
+from .model import ModelBundle
+from .parsing import build_training_sequences
+from .prompts import Strategy, self_edit_prompt
+from .settings import SamplingSettings
+
+
+def sample_self_edits(
+    bundle: ModelBundle,
+    document: Document,
+    strategy: Strategy | None,
+    k: int,
+    sampling: SamplingSettings,
+    *,
+    seed: int = 0,
+    model=None,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[str, list[str]]:
+    """(prompt, k raw self-edits) in one batched generate call. The passage baseline has none."""
+    if strategy is None:
+        return "", []
+    prompt = self_edit_prompt(bundle, strategy, document.title, document.text)
+    outs = generate(
+        bundle,
+        [prompt] * k,
+        max_new_tokens=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        seed=seed,
+        batch_size=max(k, 1),
+        model=model,
+        on_batch=on_batch,
+    )
+    # The forced response prefix is part of what the model "wrote".
+    return prompt, [strategy.response_prefix + o for o in outs]
+
+
+def training_sequences(document: Document, strategy: Strategy | None, self_edits: list[str]) -> list[str]:
+    """All sequences for one adapter: every self-edit's lines, deduplicated, plus the passage."""
+    split = strategy.split_lines if strategy else True
+    seqs: list[str] = []
+    for edit in self_edits or [None]:
+        for s in build_training_sequences(edit, document.text, document.title, split_lines=split):
+            if s not in seqs:
+                seqs.append(s)
+    return seqs

@@ -1,0 +1,34 @@
+"""Shared fixtures. The real tiny model is loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# One converted copy of the default model, reused across test runs on this machine.
+TEST_DATA_DIR = Path(os.environ.get("SEAL_TEST_DATA_DIR", Path.home() / ".cache" / "seal-test"))
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def engine_settings():
+    from seal_engine.settings import EngineSettings
+
+    return EngineSettings(data_dir=TEST_DATA_DIR, retention_probes=16)
+
+
+@pytest.fixture(scope="session")
+def bundle(engine_settings):
+    from seal_engine.model import get_model
+
+    return get_model(engine_settings)
+
+
+@pytest.fixture(scope="session")
+def squad_dev() -> Path:
+    path = SHARED_DATA / "squad" / "dev.json"
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}")
+    return path

@@ -1,0 +1,78 @@
+"""Bad input to the CLI: one line on stderr and exit code 2, never a traceback.
+
+These run the installed ``seal`` command in a subprocess, as a user would.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_DATA_DIR
+
+SEAL = [sys.executable, "-m", "seal_cli.main"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "COLUMNS": "200"}
+    return subprocess.run([*SEAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def doc(tmp_path) -> Path:
+    p = tmp_path / "doc.txt"
+    p.write_text("The Zorblax Institute was founded in 1887.")
+    return p
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error:") and needle in lines[0], lines[0]
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(run("adapt", str(tmp_path / "missing.txt"), cwd=tmp_path), "no such file")
+
+
+def test_empty_document(tmp_path):
+    (tmp_path / "e.txt").write_text("   \n")
+    assert_one_line_error(run("adapt", str(tmp_path / "e.txt"), cwd=tmp_path), "empty")
+
+
+def test_unknown_strategy(tmp_path, doc):
+    assert_one_line_error(run("adapt", str(doc), "--strategy", "poetry", cwd=tmp_path), "unknown strategy 'poetry'")
+
+
+def test_custom_template_needs_placeholders(tmp_path, doc):
+    r = run("adapt", str(doc), "--strategy", "custom", "--template", "Summarise {title}", cwd=tmp_path)
+    assert_one_line_error(r, "{context}")
+
+
+def test_malformed_json(tmp_path):
+    (tmp_path / "d.json").write_text("{oops")
+    assert_one_line_error(run("adapt", str(tmp_path / "d.json"), cwd=tmp_path), "malformed JSON")
+
+
+@pytest.mark.parametrize("rank", ["0", "-3"])
+def test_rank_must_be_positive(tmp_path, doc, rank):
+    assert_one_line_error(run("adapt", str(doc), "--rank", rank, cwd=tmp_path), "rank")
+
+
+def test_eval_unknown_strategy_and_missing_data(tmp_path, squad_dev):
+    assert_one_line_error(run("eval", "--data", str(squad_dev), "--strategies", "passage,nope", cwd=tmp_path), "nope")
+    assert_one_line_error(run("eval", "--data", str(tmp_path / "x.json"), cwd=tmp_path), "no such file")
+
+
+def test_ask_with_bad_adapter_dir(tmp_path):
+    assert_one_line_error(run("ask", "Who?", "--adapter", str(tmp_path), cwd=tmp_path), "not a PEFT adapter")
+
+
+def test_eval_data_without_questions(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps([{"context": "x"}]))
+    assert_one_line_error(run("eval", "--data", str(tmp_path / "d.json"), cwd=tmp_path), "no passages with questions")
