@@ -74,6 +74,10 @@ def default_model_dir(settings: EngineSettings) -> Path:
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    # The weights saved are plain dequantized tensors: drop the GGUF quantization
+    # marker, or transformers treats the directory as a quantized checkpoint.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.config.save_pretrained(tmp)
     model.generation_config.save_pretrained(tmp)
     tok.save_pretrained(tmp)
