@@ -217,7 +217,7 @@ def eval_(
 
 def summary_table(summary: dict) -> Table:
     table = Table(title=f"knowledge incorporation, {summary['passages']} passages, {summary['seconds_per_passage']:.1f} s/passage")
-    for col in ("arm", "exact match", "F1", "contains", "judge", "reward", "retention", "s/arm"):
+    for col in ("arm", "exact match", "F1", "contains", "judge", "reward", "retention"):
         table.add_column(col, justify="left" if col == "arm" else "right")
 
     def pct(x: float | None) -> str:
@@ -226,7 +226,7 @@ def summary_table(summary: dict) -> Table:
     for arm, s in summary["arms"].items():
         table.add_row(
             arm, pct(s.get("exact_match")), pct(s.get("f1")), pct(s.get("contains")), pct(s.get("judge")),
-            "-" if "reward" not in s else f"{s['reward']:.3f}", pct(s.get("retention")), f"{s['seconds']:.1f}",
+            "-" if "reward" not in s else f"{s['reward']:.3f}", pct(s.get("retention")),
         )
     return table
 
@@ -250,6 +250,11 @@ def probes_build(
         path = out_path or settings.data_dir / "probes" / f"probes_{bundle.model_id}.json"
         save_probe_set(probes, path)
     out.print(f"{len(probes)} of {len(raw_probes())} probes kept -> {path}")
+
+
+from .service_commands import register as _register_service_commands  # noqa: E402
+
+_register_service_commands(app)
 
 
 def main() -> None:  # console-script entry point

@@ -10,13 +10,15 @@ from pathlib import Path
 
 from .documents import Document, DocumentError, Question
 from .grading import LLMJudge
-from .lora import TrainedAdapter, train_lora
+from .batched_training import train_adapters_batched
+from .evaluation import score_adapters
+from .lora import TrainedAdapter
 from .model import ModelBundle
 from .prompts import get_strategy
-from .qa import QAResult, evaluate_questions
-from .retention import baseline_retention, retention
+from .qa import QAResult
+from .retention import baseline_retention
 from .reward import Reward, compute_reward
-from .self_edits import sample_self_edits, training_sequences
+from .self_edits import sample_self_edits_many, training_sequences
 from .settings import EngineSettings, LoraSettings
 
 # progress(stage, done, total): stages are "self_edits", "training", "evaluation".
@@ -105,22 +107,19 @@ def adapt(
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    prompts: list[str] = []
-    edits: list[str] = []
+    report("self_edits", 0, 1)
+    sampled = sample_self_edits_many(bundle, [(d, strat) for d in documents], k, settings.sampling, seed=seed)
+    prompts = [p for p, _ in sampled if p]
+    edits = [e for _, doc_edits in sampled for e in doc_edits]
     sequences: list[str] = []
-    for i, doc in enumerate(documents):
-        report("self_edits", i, len(documents))
-        prompt, doc_edits = sample_self_edits(bundle, doc, strat, k, settings.sampling, seed=seed + i)
-        if prompt:
-            prompts.append(prompt)
-        edits.extend(doc_edits)
+    for doc, (_, doc_edits) in zip(documents, sampled):
         sequences.extend(s for s in training_sequences(doc, strat, doc_edits) if s not in sequences)
-    report("self_edits", len(documents), len(documents))
+    report("self_edits", 1, 1)
     timings["self_edits_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    adapter = train_lora(
-        bundle, sequences, lora, seed=seed, on_step=lambda s, n, _loss: report("training", s, n)
+    [adapter] = train_adapters_batched(
+        bundle, [sequences], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n)
     )
     timings["training_s"] = time.perf_counter() - t
 
@@ -129,21 +128,26 @@ def adapt(
     if qs:
         t = time.perf_counter()
         report("evaluation", 0, 1)
+        subjects = [None, adapter] if evaluate_baseline else [adapter]
+        scores = score_adapters(bundle, qs, subjects, settings, judge=judge, with_retention=measure_retention)
         if evaluate_baseline:
-            result.baseline = evaluate_questions(bundle, qs, settings, None, judge)
-        result.adapted = evaluate_questions(bundle, qs, settings, adapter, judge)
+            result.baseline = scores[0].qa
+        result.adapted = scores[-1].qa
         if measure_retention:
-            grader = settings.reward_grader
-            acc = result.adapted.accuracy.get(grader, result.adapted.accuracy["contains"])
-            result.reward = compute_reward(
-                acc,
-                retention(bundle, settings, adapter),
-                baseline_retention(bundle, settings),
-                settings.retention_lambda,
-            )
+            base_ret = scores[0].retention if evaluate_baseline else baseline_retention(bundle, settings)
+            result.reward = reward_for(result.adapted, scores[-1].retention, base_ret, settings)
         report("evaluation", 1, 1)
         timings["evaluation_s"] = time.perf_counter() - t
     return result
+
+
+def reward_for(adapted: QAResult, retention: float | None, baseline_retention: float | None, settings: EngineSettings) -> Reward:
+    """The reward from an adapter's QA result, with the configured grader."""
+    grader = settings.reward_grader
+    if grader not in adapted.accuracy:
+        raise ValueError(f"reward grader {grader!r} has no score (judge error: {adapted.judge_error})")
+    return compute_reward(adapted.accuracy[grader], retention if retention is not None else 1.0,
+                          baseline_retention if baseline_retention is not None else 1.0, settings.retention_lambda)
 
 
 def save_result(result: AdaptationResult, out_dir: str | Path) -> Path:

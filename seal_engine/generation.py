@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .lora import LoraAdapter
 from .model import ModelBundle
+from .multilora import serving
 
 
 def _stop_truncate(text: str, stop: Sequence[str]) -> str:
@@ -30,15 +32,49 @@ def generate(
     batch_size: int = 32,
     stop: Sequence[str] = (),
     model: torch.nn.Module | None = None,
+    adapters: Sequence[LoraAdapter | None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Completions for ``prompts``, in order. Greedy when temperature is 0.
 
-    ``model`` overrides the bundle's model (e.g. a PEFT-wrapped one); the caller holds
-    ``bundle.lock`` when it does.
+    ``adapters`` gives each prompt its own adapter (None: the base model); rows with
+    different adapters share every batch. ``model`` overrides the bundle's model
+    (e.g. a PEFT-wrapped one); the caller holds ``bundle.lock`` when it does.
     """
-    tok = bundle.tokenizer
+    if adapters is not None and any(a is not None for a in adapters):
+        if len(adapters) != len(prompts):
+            raise ValueError("one adapter (or None) per prompt")
+        unique: list[LoraAdapter] = []
+        for a in adapters:
+            if a is not None and all(a is not u for u in unique):
+                unique.append(a)
+        slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
+        with serving(bundle, unique) as ml:
+
+            def route(start: int, n: int) -> None:
+                ml.route(slot_of[start : start + n])
+
+            return _generate(
+                bundle, prompts, bundle.model, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, route
+            )
     net = model if model is not None else bundle.model
+    return _generate(bundle, prompts, net, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, None)
+
+
+def _generate(
+    bundle: ModelBundle,
+    prompts: Sequence[str],
+    net: torch.nn.Module,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    batch_size: int,
+    stop: Sequence[str],
+    on_batch: Callable[[int], None] | None,
+    route: Callable[[int, int], None] | None,
+) -> list[str]:
+    tok = bundle.tokenizer
     if seed is not None:
         torch.manual_seed(seed)
     do_sample = temperature > 0
@@ -51,6 +87,8 @@ def generate(
     with bundle.lock:
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
+            if route is not None:
+                route(start, len(batch))
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(bundle.device)
             gen = net.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]

@@ -9,12 +9,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .adaptation import adapt
+from .adaptation import reward_for
+from .batched_training import train_adapters_batched
 from .documents import Document
 from .grading import OFFLINE_GRADERS, LLMJudge
 from .model import ModelBundle
 from .prompts import get_strategy
-from .qa import evaluate_questions
+from .evaluation import score_adapters
+from .self_edits import sample_self_edits_many, training_sequences
 from .settings import EngineSettings
 
 NO_ADAPTATION = "no-adaptation"
@@ -40,47 +42,77 @@ def run_knowledge_eval(
     on_passage: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Evaluate every arm on every passage; returns (and writes after each passage) the results."""
-    for s in strategies:
-        get_strategy(s)  # fail fast on a bad name, before any work
+    strats = [get_strategy(s) for s in strategies]  # fails fast on a bad name, before any work
     rows: list[dict] = []
     results = {"config": _config(bundle, settings, strategies, k, len(passages)), "passages": rows}
     for i, doc in enumerate(passages):
-        t0 = time.perf_counter()
-        base = evaluate_questions(bundle, doc.questions, settings, None, judge)
-        row: dict = {
-            "title": doc.title,
-            "num_questions": len(doc.questions),
-            "arms": {NO_ADAPTATION: {"accuracy": base.accuracy, "seconds": time.perf_counter() - t0}},
-        }
-        for arm in strategies:
-            t = time.perf_counter()
-            r = adapt(bundle, [doc], settings, strategy=arm, k=k, judge=judge, evaluate_baseline=False, seed=settings.lora.seed + i)
-            assert r.adapted is not None and r.reward is not None
-            row["arms"][arm] = {
-                "accuracy": r.adapted.accuracy,
-                "judge_error": r.adapted.judge_error,
-                "reward": r.reward.to_dict(),
-                "num_sequences": len(r.sequences),
-                "train_tokens": r.adapter.num_tokens,
-                "seconds": time.perf_counter() - t,
-                "predictions": r.adapted.predictions,
-                "self_edits": r.self_edits,
-            }
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
+        rows.append(evaluate_passage(bundle, doc, list(strategies), strats, settings, k=k, judge=judge, seed=settings.lora.seed + i))
         results["summary"] = summarize(rows, [NO_ADAPTATION, *strategies])
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(results, indent=1))
         if on_passage:
-            on_passage(i, row)
+            on_passage(i, rows[-1])
     results["summary"] = summarize(rows, [NO_ADAPTATION, *strategies])
     return results
 
 
+def evaluate_passage(
+    bundle: ModelBundle,
+    doc: Document,
+    names: list[str],
+    strats: list,
+    settings: EngineSettings,
+    *,
+    k: int,
+    judge: LLMJudge | None,
+    seed: int,
+) -> dict:
+    """All arms of one passage: self-edits in one sampling call, adapters trained together,
+    every arm (and the unadapted model) graded in shared batches."""
+    t0 = time.perf_counter()
+    sampled = sample_self_edits_many(bundle, [(doc, s) for s in strats], k, settings.sampling, seed=seed)
+    t_gen = time.perf_counter() - t0
+    sets = [training_sequences(doc, s, edits) for s, (_, edits) in zip(strats, sampled)]
+    t = time.perf_counter()
+    adapters = train_adapters_batched(bundle, sets, settings.lora, seeds=[seed] * len(sets))
+    t_train = time.perf_counter() - t
+    t = time.perf_counter()
+    scores = score_adapters(bundle, doc.questions, [None, *adapters], settings, judge=judge)
+    t_eval = time.perf_counter() - t
+    base_ret = scores[0].retention
+    arms: dict = {NO_ADAPTATION: {"accuracy": scores[0].qa.accuracy, "retention": base_ret, "predictions": scores[0].qa.predictions}}
+    for name, (_, edits), seqs, adapter, score in zip(names, sampled, sets, adapters, scores[1:]):
+        reward = reward_for(score.qa, score.retention, base_ret, settings)
+        arms[name] = {
+            "accuracy": score.qa.accuracy,
+            "judge_error": score.qa.judge_error,
+            "reward": reward.to_dict(),
+            "num_sequences": len(seqs),
+            "train_tokens": adapter.num_tokens,
+            "train_loss_last": adapter.losses[-1] if adapter.losses else None,
+            "predictions": score.qa.predictions,
+            "self_edits": edits,
+        }
+    return {
+        "title": doc.title,
+        "num_questions": len(doc.questions),
+        "questions": [q.question for q in doc.questions],
+        "answers": [q.answer for q in doc.questions],
+        "arms": arms,
+        "timings": {"self_edits_s": t_gen, "training_s": t_train, "evaluation_s": t_eval},
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def summarize(rows: Sequence[dict], arms: Sequence[str]) -> dict:
     """Mean per arm over passages (accuracy per grader, reward terms, seconds)."""
-    out: dict = {"passages": len(rows), "seconds_per_passage": _mean([r["seconds"] for r in rows]), "arms": {}}
+    out: dict = {
+        "passages": len(rows),
+        "seconds_per_passage": _mean([r["seconds"] for r in rows]),
+        "timings": {key: _mean([r["timings"][key] for r in rows]) for key in ("self_edits_s", "training_s", "evaluation_s")},
+        "arms": {},
+    }
     for arm in arms:
         cells = [r["arms"][arm] for r in rows if arm in r["arms"]]
         graders = [g for g in (*OFFLINE_GRADERS, "judge") if cells and all(g in c["accuracy"] for c in cells)]
@@ -93,7 +125,8 @@ def summarize(rows: Sequence[dict], arms: Sequence[str]) -> dict:
             summary["reward"] = _mean([c["reward"]["reward"] for c in cells])
             summary["retention"] = _mean([c["reward"]["retention"] for c in cells])
             summary["baseline_retention"] = _mean([c["reward"]["baseline_retention"] for c in cells])
-        summary["seconds"] = _mean([c["seconds"] for c in cells])
+        elif cells and cells[0].get("retention") is not None:
+            summary["retention"] = _mean([c["retention"] for c in cells])
         out["arms"][arm] = summary
     return out
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .documents import Question
 from .generation import generate
 from .grading import OFFLINE_GRADERS, JudgeError, LLMJudge, grade_offline
-from .lora import LoraAdapter, applied_adapter
+from .lora import LoraAdapter
 from .model import ModelBundle
 from .prompts import answer_prompt
 from .settings import EngineSettings
@@ -19,20 +19,27 @@ def answer_questions(
     questions: Sequence[str],
     settings: EngineSettings,
     adapter: LoraAdapter | None = None,
+    *,
+    adapters: Sequence[LoraAdapter | None] | None = None,
 ) -> list[str]:
-    """Greedy, batched answers without the passage, under ``adapter`` if given."""
+    """Greedy, batched answers without the passage.
+
+    Under ``adapter`` for all questions, or ``adapters[i]`` for question i: questions
+    for different adapters share batches (one forward per decoding step).
+    """
     if not questions:
         return []
+    if adapters is None:
+        adapters = [adapter] * len(questions)
     prompts = [answer_prompt(bundle, q) for q in questions]
-    with applied_adapter(bundle, adapter) as model:
-        raw = generate(
-            bundle,
-            prompts,
-            max_new_tokens=settings.answer_max_new_tokens,
-            batch_size=settings.answer_batch_size,
-            stop=("\n",) if not bundle.is_chat else (),
-            model=model,
-        )
+    raw = generate(
+        bundle,
+        prompts,
+        max_new_tokens=settings.answer_max_new_tokens,
+        batch_size=settings.answer_batch_size,
+        stop=("\n",) if not bundle.is_chat else (),
+        adapters=adapters,
+    )
     return [r.strip() for r in raw]
 
 

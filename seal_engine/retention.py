@@ -67,7 +67,13 @@ def retention(bundle: ModelBundle, settings: EngineSettings, adapter: LoraAdapte
     if not probes:
         return 1.0
     preds = answer_questions(bundle, [p.question for p in probes], settings, adapter)
-    return sum(grade_offline(a, p.answer)[PROBE_GRADER] for a, p in zip(preds, probes)) / len(probes)
+    return probe_accuracy(preds, probes)
+
+
+def probe_accuracy(predictions: list[str], probes: list[Question]) -> float:
+    if not probes:
+        return 1.0
+    return sum(grade_offline(a, p.answer)[PROBE_GRADER] for a, p in zip(predictions, probes)) / len(probes)
 
 
 _baselines: dict[tuple, float] = {}

@@ -42,6 +42,32 @@ def sample_self_edits(
     return prompt, [strategy.response_prefix + o for o in outs]
 
 
+def sample_self_edits_many(
+    bundle: ModelBundle,
+    items: list[tuple[Document, Strategy | None]],
+    k: int,
+    sampling: SamplingSettings,
+    *,
+    seed: int = 0,
+) -> list[tuple[str, list[str]]]:
+    """(prompt, k self-edits) for each (document, strategy), all sampled in one batched call."""
+    prompts = [self_edit_prompt(bundle, s, d.title, d.text) if s else "" for d, s in items]
+    todo = [p for p in prompts if p for _ in range(k)]
+    outs = generate(
+        bundle, todo, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+        top_p=sampling.top_p, seed=seed, batch_size=max(len(todo), 1),
+    ) if todo else []
+    results: list[tuple[str, list[str]]] = []
+    pos = 0
+    for prompt, (_, strategy) in zip(prompts, items):
+        if not prompt or strategy is None:
+            results.append(("", []))
+            continue
+        results.append((prompt, [strategy.response_prefix + o for o in outs[pos : pos + k]]))
+        pos += k
+    return results
+
+
 def training_sequences(document: Document, strategy: Strategy | None, self_edits: list[str]) -> list[str]:
     """All sequences for one adapter: every self-edit's lines, deduplicated, plus the passage."""
     split = strategy.split_lines if strategy else True

@@ -9,15 +9,16 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TextIteratorStreamer
 
 from .generation import generate
-from .lora import LoraAdapter, applied_adapter, load_adapter
+from .lora import LoraAdapter, load_adapter
 from .model import ModelBundle
+from .multilora import serving
 
 
 @dataclass
@@ -38,12 +39,6 @@ class Completion:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
-
-
-@dataclass
-class _Group:
-    adapter: LoraAdapter | None
-    items: list[tuple[int, CompletionRequest]] = field(default_factory=list)
 
 
 def chat_prompt(bundle: ModelBundle, messages: Sequence[dict[str, str]]) -> str:
@@ -71,21 +66,24 @@ def _finish(bundle: ModelBundle, raw: str, req: CompletionRequest) -> Completion
 
 
 def complete(bundle: ModelBundle, requests: Sequence[CompletionRequest]) -> list[list[Completion]]:
-    """``n`` completions per request. Requests sharing an adapter and sampling settings run as one batch."""
-    groups: dict[tuple, _Group] = {}
+    """``n`` completions per request.
+
+    Requests with the same sampling settings run as one batch whatever adapters they
+    name: each row carries its own adapter (multi-LoRA), one forward per decoding step.
+    """
+    groups: dict[tuple, list[tuple[int, CompletionRequest]]] = {}
     for i, r in enumerate(requests):
-        key = (id(r.adapter), r.max_tokens, r.temperature, r.top_p, r.seed)
-        groups.setdefault(key, _Group(r.adapter)).items.append((i, r))
+        groups.setdefault((r.max_tokens, r.temperature, r.top_p, r.seed), []).append((i, r))
     results: list[list[Completion]] = [[] for _ in requests]
-    for (_, max_tokens, temperature, top_p, seed), group in groups.items():
-        prompts = [r.prompt for _, r in group.items for _ in range(r.n)]
-        with applied_adapter(bundle, group.adapter) as model:
-            raw = generate(
-                bundle, prompts, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                seed=seed, batch_size=len(prompts), model=model,
-            )
+    for (max_tokens, temperature, top_p, seed), items in groups.items():
+        prompts = [r.prompt for _, r in items for _ in range(r.n)]
+        adapters = [r.adapter for _, r in items for _ in range(r.n)]
+        raw = generate(
+            bundle, prompts, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            seed=seed, batch_size=len(prompts), adapters=adapters,
+        )
         pos = 0
-        for i, r in group.items:
+        for i, r in items:
             results[i] = [_finish(bundle, raw[pos + j], r) for j in range(r.n)]
             pos += r.n
     return results
@@ -105,10 +103,12 @@ def stream_completion(bundle: ModelBundle, request: CompletionRequest) -> Iterat
 
     def run() -> None:
         try:
-            with applied_adapter(bundle, request.adapter) as model, torch.inference_mode():
+            adapters = [request.adapter] if request.adapter is not None else []
+            with serving(bundle, adapters) as ml, torch.inference_mode():
+                ml.route([0] if adapters else None)
                 if request.seed is not None:
                     torch.manual_seed(request.seed)
-                model.generate(**enc, **kwargs)
+                bundle.model.generate(**enc, **kwargs)
         except BaseException as e:  # surfaced to the consumer below
             errors.append(e)
             streamer.end()

@@ -32,3 +32,11 @@ def squad_dev() -> Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(engine_settings):
+    """A float32 copy of the model, for numerical equivalence tests."""
+    from seal_engine.model import load_model
+
+    return load_model(engine_settings.model_copy(update={"dtype": "float32"}))

@@ -1,0 +1,201 @@
+"""Training K LoRA adapters together, each exactly as if trained alone.
+
+Adapter k sees its own data in its own seeded order, in batches of ``batch_size``,
+with its own AdamW state and step count; at each step the rows of every adapter that
+still has a batch are stacked into one pass. Per-adapter losses are token means over
+that adapter's rows only, so the gradient of adapter k equals the one it would get
+alone. Rows are sorted by length and cut into micro-batches under a token budget
+(gradients accumulate across them), so almost no compute goes to padding.
+
+Initialisation reuses PEFT's own (seeded) so that a candidate trained here and the
+same candidate trained by :func:`seal_engine.lora.train_lora` start identical.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .lora import AdapterError, TrainedAdapter, _wrap, lora_config, tokenize
+from .model import ModelBundle
+from .multilora import installed, module_paths
+from .settings import LoraSettings
+
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+def peft_initial_state(bundle: ModelBundle, cfg: LoraSettings, seed: int) -> dict[str, torch.Tensor]:
+    """The LoRA weights PEFT would start from for this seed (A random, B zero)."""
+    config = lora_config(cfg, bundle.model_id)
+    from peft import get_peft_model_state_dict
+
+    with bundle.lock:
+        torch.manual_seed(seed)
+        model = _wrap(bundle, config)
+        try:
+            return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        finally:
+            model.unload()
+
+
+class _SlotAdamW:
+    """AdamW (no weight decay) over stacked adapters, stepping only the active slots."""
+
+    def __init__(self, params: list[torch.nn.Parameter], slots: int, rank: int, lr: float) -> None:
+        self.params = params
+        self.rank = rank
+        self.lr = lr
+        self.steps = torch.zeros(slots)
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def _expand(self, per_slot: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        col = per_slot.repeat_interleave(self.rank).to(p.device, p.dtype)
+        # lora_A is (K*r, in): slots along dim 0; lora_B is (out, K*r): along dim 1.
+        return col.view(-1, 1) if p.shape[0] == col.numel() else col.view(1, -1)
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        b1, b2 = BETAS
+        self.steps += active.float()
+        t = self.steps.clamp(min=1)
+        bc1 = 1 - b1**t
+        bc2 = 1 - b2**t
+        on = active.float()
+        for p, m, v in zip(self.params, self.m, self.v):
+            g = p.grad
+            if g is None:
+                continue
+            mask = self._expand(on, p)
+            # Inactive slots keep their moments and weights untouched.
+            m.mul_(1 - mask * (1 - b1)).add_(g * mask * (1 - b1))
+            v.mul_(1 - mask * (1 - b2)).add_(g * g * mask * (1 - b2))
+            denom = (v.sqrt() / self._expand(bc2.sqrt(), p)).add_(EPS)
+            p.sub_(mask * self.lr * m / (self._expand(bc1, p) * denom))
+            p.grad = None
+
+
+def train_adapters_batched(
+    bundle: ModelBundle,
+    training_sets: Sequence[Sequence[str]],
+    cfg: LoraSettings,
+    *,
+    seeds: Sequence[int] | None = None,
+    token_budget: int = 4096,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> list[TrainedAdapter]:
+    """One adapter per training set, all trained in shared forward/backward passes."""
+    K = len(training_sets)
+    if K == 0:
+        return []
+    seeds = list(seeds) if seeds is not None else [cfg.seed] * K
+    if len(seeds) != K:
+        raise ValueError("one seed per training set")
+    data = [tokenize(bundle, seqs, cfg.max_seq_length) for seqs in training_sets]
+    for i, d in enumerate(data):
+        if not d:
+            raise AdapterError(f"training set {i}: nothing to train on (every sequence is empty)")
+    config = lora_config(cfg, bundle.model_id)
+    inits = [peft_initial_state(bundle, cfg, s) for s in seeds]
+    rngs = [random.Random(s) for s in seeds]
+    bs = cfg.batch_size
+    # Every adapter's batch schedule for all epochs, fixed up front (same as train_lora).
+    schedules: list[list[list[int]]] = []
+    for d, rng in zip(data, rngs):
+        batches = []
+        for _ in range(cfg.epochs):
+            idx = list(range(len(d)))
+            rng.shuffle(idx)
+            batches.extend(idx[b : b + bs] for b in range(0, len(idx), bs))
+        schedules.append(batches)
+    total_steps = max(len(s) for s in schedules)
+    losses: list[list[float]] = [[] for _ in range(K)]
+    tokens = [0] * K
+    pad = bundle.tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    paths = module_paths(TrainedAdapter(config=config, state=inits[0]))
+    with installed(bundle, paths, K, cfg.rank, cfg.dropout) as ml:
+        for k, init in enumerate(inits):
+            ml.load(k, TrainedAdapter(config=config, state=init))
+        params = list(ml.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        opt = _SlotAdamW(params, K, cfg.rank, cfg.learning_rate)
+        model = bundle.model
+        was_training = model.training
+        model.train()
+        try:
+            for step in range(total_steps):
+                rows: list[tuple[int, list[int]]] = []
+                active = torch.zeros(K, dtype=torch.bool)
+                for k, sched in enumerate(schedules):
+                    if step < len(sched):
+                        active[k] = True
+                        rows.extend((k, data[k][i]) for i in sched[step])
+                # Loss normaliser per adapter: its predicted tokens this step.
+                ntok = torch.zeros(K)
+                for k, ids in rows:
+                    ntok[k] += len(ids) - 1
+                step_loss = torch.zeros(K)
+                rows.sort(key=lambda r: len(r[1]))
+                for mb in _micro_batches(rows, token_budget):
+                    width = max(len(ids) for _, ids in mb)
+                    input_ids = torch.full((len(mb), width), pad, dtype=torch.long)
+                    attn = torch.zeros((len(mb), width), dtype=torch.long)
+                    for i, (_, ids) in enumerate(mb):
+                        input_ids[i, : len(ids)] = torch.tensor(ids)
+                        attn[i, : len(ids)] = 1
+                    slot = torch.tensor([k for k, _ in mb])
+                    ml.route(slot)
+                    logits = model(input_ids=input_ids.to(bundle.device), attention_mask=attn.to(bundle.device)).logits
+                    labels = input_ids.masked_fill(attn == 0, -100)[:, 1:].to(bundle.device)
+                    tok_loss = F.cross_entropy(
+                        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                        ignore_index=-100, reduction="none",
+                    ).view(len(mb), -1)
+                    row_loss = tok_loss.sum(dim=1).cpu()
+                    weights = 1.0 / ntok[slot]
+                    (tok_loss.sum(dim=1) * weights.to(tok_loss.device)).sum().backward()
+                    step_loss.index_add_(0, slot, (row_loss * weights).detach())
+                    del logits, tok_loss
+                opt.step(active)
+                for k in range(K):
+                    if active[k]:
+                        losses[k].append(float(step_loss[k]))
+                        tokens[k] += int(ntok[k]) + sum(1 for kk, _ in rows if kk == k)
+                if on_step:
+                    on_step(step + 1, total_steps, float(step_loss[active].mean()))
+            states = [ml.export(k, config) for k in range(K)]
+        finally:
+            ml.route(None)
+            for p in params:
+                p.requires_grad_(False)
+            model.train(was_training)
+    seconds = time.perf_counter() - t0
+    return [
+        TrainedAdapter(
+            config=config, state=states[k], seed=seeds[k], losses=losses[k], num_sequences=len(data[k]),
+            num_tokens=tokens[k], seconds=seconds,
+        )
+        for k in range(K)
+    ]
+
+
+def _micro_batches(rows: list[tuple[int, list[int]]], budget: int) -> list[list[tuple[int, list[int]]]]:
+    """Consecutive (length-sorted) rows grouped so rows * max_len stays within ``budget``."""
+    out: list[list[tuple[int, list[int]]]] = []
+    cur: list[tuple[int, list[int]]] = []
+    for row in rows:
+        width = max([len(row[1])] + [len(r[1]) for r in cur])
+        if cur and width * (len(cur) + 1) > budget:
+            out.append(cur)
+            cur = []
+        cur.append(row)
+    if cur:
+        out.append(cur)
+    return out
