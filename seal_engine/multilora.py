@@ -43,11 +43,21 @@ def adapter_scaling(adapter: LoraAdapter) -> float:
     return cfg.lora_alpha / math.sqrt(r) if getattr(cfg, "use_rslora", False) else cfg.lora_alpha / r
 
 
+# Above this many stacked LoRA columns (K*r), per-row gathers beat the masked matmul.
+GATHER_ABOVE_COLUMNS = 128
+
+
 @dataclass
 class RowRouting:
-    """Shared by every wrapped module: which adapter each batch row uses."""
+    """Shared by every wrapped module: which adapter each batch row uses.
+
+    Either ``mask`` (few slots: one matmul over all slots, masked per row) or
+    ``index`` + ``scale`` (many slots: each row gathers its own A and B).
+    """
 
     mask: torch.Tensor | None = None  # (batch, K*r) float32
+    index: torch.Tensor | None = None  # (batch,) slot per row, 0 where unused
+    scale: torch.Tensor | None = None  # (batch,) scaling, 0 for rows without adapter
 
 
 class MultiLoraLinear(nn.Module):
@@ -63,7 +73,10 @@ class MultiLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
-        mask = self.routing.mask
+        routing = self.routing
+        if routing.index is not None:
+            return self._gathered(x, out, routing.index, routing.scale)
+        mask = routing.mask
         if mask is None:
             return out
         h = x.to(self.lora_A.dtype)
@@ -73,6 +86,17 @@ class MultiLoraLinear(nn.Module):
         # mask: (batch, K*r) -> broadcast over every position of the row.
         h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 2)), mask.shape[1])
         return (out.to(h.dtype) + h @ self.lora_B.T).to(out.dtype)
+
+    def _gathered(self, x: torch.Tensor, out: torch.Tensor, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Punica-style: each row's own (r x d_in) A and (d_out x r) B, batched matmuls."""
+        r, d_in, d_out = self.rank, self.base.in_features, self.base.out_features
+        slots = self.lora_A.shape[0] // r
+        a = self.lora_A.view(slots, r, d_in)[index]  # (batch, r, d_in)
+        b = self.lora_B.view(d_out, slots, r).transpose(0, 1)[index]  # (batch, d_out, r)
+        h = x.to(a.dtype).reshape(x.shape[0], -1, d_in)
+        h = torch.bmm(h, a.transpose(1, 2)) * scale.view(-1, 1, 1)
+        delta = torch.bmm(h, b.transpose(1, 2)).view(*out.shape)
+        return (out.to(delta.dtype) + delta).to(out.dtype)
 
 
 class MultiLora:
@@ -104,7 +128,7 @@ class MultiLora:
             parent_path, _, name = path.rpartition(".")
             parent = root.get_submodule(parent_path) if parent_path else root
             setattr(parent, name, base)
-        self.routing.mask = None
+        self.routing.mask = self.routing.index = self.routing.scale = None
 
     # -- adapters in and out -------------------------------------------------
     def load(self, slot: int, adapter: LoraAdapter) -> None:
@@ -139,12 +163,20 @@ class MultiLora:
             yield mod.lora_B
 
     # -- routing -------------------------------------------------------------
-    def route(self, row_slots: Sequence[int] | torch.Tensor | None) -> None:
-        """Set each batch row's slot (-1: base model only); None turns LoRA off."""
+    def route(self, row_slots: Sequence[int] | torch.Tensor | None, gather: bool | None = None) -> None:
+        """Set each batch row's slot (-1: base model only); None turns LoRA off.
+
+        ``gather`` picks the kernel; by default gathers are used for many slots.
+        """
+        self.routing.mask = self.routing.index = self.routing.scale = None
         if row_slots is None:
-            self.routing.mask = None
             return
         idx = torch.as_tensor(row_slots, dtype=torch.long)
+        if gather if gather is not None else self.slots * self.rank > GATHER_ABOVE_COLUMNS:
+            on = idx >= 0
+            self.routing.scale = torch.where(on, self.scaling[idx.clamp(min=0)], 0.0).to(self.bundle.device)
+            self.routing.index = idx.clamp(min=0).to(self.bundle.device)
+            return
         onehot = torch.zeros(len(idx), self.slots)
         on = idx >= 0
         onehot[on.nonzero().squeeze(1), idx[on]] = self.scaling[idx[on]]

@@ -74,7 +74,7 @@ class EngineSettings(BaseSettings):
 
     # Question answering (grading) generation.
     answer_max_new_tokens: int = Field(32, ge=1, le=64)
-    answer_batch_size: int = Field(32, ge=1)
+    answer_batch_size: int = Field(128, ge=1)
     # Grader behind rewards and retention: exact_match, f1, contains or judge.
     reward_grader: Literal["exact_match", "f1", "contains", "judge"] = "contains"
     # Reward: adapted accuracy - retention_lambda * max(0, baseline_retention - retention).

@@ -99,3 +99,14 @@ def test_adapter_cache_is_lru(tmp_path, trained):
     assert dirs[0] in cache and dirs[2] in cache and dirs[1] not in cache
     assert len(cache) == 2
     assert cache.num_bytes == sum(t.numel() * 4 for t in trained[1][0].state.values()) * 2
+
+
+def test_gather_kernel_matches_masked_kernel(fp32_bundle, trained):
+    ids = fp32_bundle.tokenizer(["The Zorblax Institute"] * 5, return_tensors="pt")
+    with torch.no_grad(), serving(fp32_bundle, trained[0]) as ml:
+        ml.route([2, -1, 0, 1, 0], gather=False)
+        masked = fp32_bundle.model(**ids).logits
+        ml.route([2, -1, 0, 1, 0], gather=True)
+        gathered = fp32_bundle.model(**ids).logits
+    assert torch.allclose(masked, gathered, atol=1e-4)
+    assert not torch.allclose(masked[0], masked[1], atol=1e-3)
