@@ -176,6 +176,7 @@ def eval_(
     k: Annotated[int, typer.Option("-k", help="self-edits per passage per arm")] = 1,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="write full results here (updated per passage)")] = None,
     shuffle_seed: Annotated[int, typer.Option(help="seed of the passage shuffle; -1 keeps file order")] = 0,
+    resume: Annotated[bool, typer.Option(help="keep the passages already in --json and continue")] = False,
     rank: Rank = None,
     epochs: Epochs = None,
     lr: LR = None,
@@ -198,6 +199,8 @@ def eval_(
             get_strategy(a)
         if passages < 0:
             raise ValueError("--passages must be >= 0")
+        if resume and json_out is None:
+            raise ValueError("--resume needs --json")
         docs = select_passages(load_documents(data), passages, None if shuffle_seed < 0 else shuffle_seed)
         if not docs:
             raise ValueError(f"{data}: no passages with questions")
@@ -207,7 +210,7 @@ def eval_(
         with Progress(TextColumn("passages"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("passages", total=len(docs))
             results = run_knowledge_eval(
-                bundle, docs, arms, settings, k=k, judge=grader, json_out=json_out,
+                bundle, docs, arms, settings, k=k, judge=grader, json_out=json_out, resume=resume,
                 on_passage=lambda i, _row: bar.update(task, completed=i + 1),
             )
     out.print(summary_table(results["summary"]))

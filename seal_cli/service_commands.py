@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -61,15 +60,6 @@ def worker_argv(settings, loglevel: str = "info", hostname: str | None = None) -
     return argv
 
 
-def _die_with_parent() -> None:  # runs in the child before exec
-    os.setsid()
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: stop if `seal serve` itself dies
-    except OSError:
-        pass
-
-
 class WorkerProcess:
     """The local worker of ``seal serve``: started with it, restarted if it dies, stopped with it."""
 
@@ -86,7 +76,10 @@ class WorkerProcess:
         self._watcher.start()
 
     def _spawn(self) -> None:
-        self.proc = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        # Its own session (a Ctrl-C reaches `seal serve`, which stops the worker in order);
+        # SEAL_SUPERVISOR_PID makes the worker exit by itself if `seal serve` dies.
+        env = {**os.environ, "SEAL_SUPERVISOR_PID": str(os.getpid())}
+        self.proc = subprocess.Popen(self.argv, env=env, start_new_session=True)
         typer.echo(f"worker started (pid {self.proc.pid})", err=True)
 
     def _watch(self) -> None:
@@ -118,6 +111,10 @@ class WorkerProcess:
         typer.echo("worker stopped", err=True)
 
 
+def _exit_on_signal(sig: int, _frame: object) -> None:
+    raise SystemExit(128 + sig)
+
+
 def serve(
     host: Annotated[Optional[str], typer.Option(help="bind address (default SEAL_API_HOST, 127.0.0.1)")] = None,
     port: Annotated[Optional[int], typer.Option(help="port (default SEAL_API_PORT, 8000)")] = None,
@@ -126,8 +123,11 @@ def serve(
     )] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
-    """Run the API. With no SEAL_BROKER_URL this is the embedded mode: SQLite database,
-    SQLite-file queue and a local worker process, no other service needed."""
+    """Run the API (and, in embedded mode, a local worker).
+
+    Without SEAL_BROKER_URL this is the embedded mode: SQLite database, a SQLite-file
+    queue and a local worker process, no other service needed.
+    """
     import uvicorn
 
     from api.main import create_app
@@ -147,9 +147,13 @@ def serve(
         err=True,
     )
     settings_no_migrate = settings.model_copy(update={"auto_migrate": False})
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into an exception so the
+    # worker is stopped below instead of the process dying on the spot.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings_no_migrate), host=settings.api_host, port=settings.api_port,
-                    log_level=log_level.lower(), timeout_graceful_shutdown=5)
+        config = uvicorn.Config(create_app(settings_no_migrate), host=settings.api_host, port=settings.api_port,
+                                log_level=log_level.lower(), timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run()
     finally:
         if local is not None:
             local.stop()
@@ -159,8 +163,11 @@ def worker(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
     hostname: Annotated[Optional[str], typer.Option(help="Celery node name (default seal@<host>)")] = None,
 ) -> None:
-    """Run a worker (one process, one model, jobs one at a time). Production: one per GPU,
-    with SEAL_BROKER_URL and SEAL_DATABASE_URL pointing at the shared Redis and Postgres."""
+    """Run a worker: one process, one model, jobs one at a time.
+
+    Production: one per GPU, with SEAL_BROKER_URL and SEAL_DATABASE_URL pointing at the
+    shared Redis and Postgres.
+    """
     settings = _settings()
     _migrate(settings)
     argv = worker_argv(settings, log_level, hostname=hostname or "seal@%h")

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .lora import AdapterError, TrainedAdapter, _wrap, lora_config, tokenize
+from .lora import AdapterError, TrainedAdapter, _wrap, collate, lora_config, padded_width, tokenize
 from .model import ModelBundle
 from .multilora import installed, module_paths
 from .settings import LoraSettings
@@ -144,12 +144,8 @@ def train_adapters_batched(
                 step_loss = torch.zeros(K)
                 rows.sort(key=lambda r: len(r[1]))
                 for mb in _micro_batches(rows, token_budget):
-                    width = max(len(ids) for _, ids in mb)
-                    input_ids = torch.full((len(mb), width), pad, dtype=torch.long)
-                    attn = torch.zeros((len(mb), width), dtype=torch.long)
-                    for i, (_, ids) in enumerate(mb):
-                        input_ids[i, : len(ids)] = torch.tensor(ids)
-                        attn[i, : len(ids)] = 1
+                    batch = collate([ids for _, ids in mb], pad)
+                    input_ids, attn = batch["input_ids"], batch["attention_mask"]
                     slot = torch.tensor([k for k, _ in mb])
                     ml.route(slot)
                     logits = model(input_ids=input_ids.to(bundle.device), attention_mask=attn.to(bundle.device)).logits
@@ -191,7 +187,7 @@ def _micro_batches(rows: list[tuple[int, list[int]]], budget: int) -> list[list[
     out: list[list[tuple[int, list[int]]]] = []
     cur: list[tuple[int, list[int]]] = []
     for row in rows:
-        width = max([len(row[1])] + [len(r[1]) for r in cur])
+        width = padded_width(max([len(row[1])] + [len(r[1]) for r in cur]))
         if cur and width * (len(cur) + 1) > budget:
             out.append(cur)
             cur = []

@@ -39,13 +39,30 @@ def run_knowledge_eval(
     k: int = 1,
     judge: LLMJudge | None = None,
     json_out: Path | None = None,
+    resume: bool = False,
     on_passage: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Evaluate every arm on every passage; returns (and writes after each passage) the results."""
+    """Evaluate every arm on every passage; returns (and writes after each passage) the results.
+
+    With ``resume``, passages already in ``json_out`` (same configuration) are kept
+    and skipped, so an interrupted run continues where it stopped.
+    """
     strats = [get_strategy(s) for s in strategies]  # fails fast on a bad name, before any work
     rows: list[dict] = []
-    results = {"config": _config(bundle, settings, strategies, k, len(passages)), "passages": rows}
+    config = _config(bundle, settings, strategies, k, len(passages))
+    results = {"config": config, "passages": rows}
+    if resume and json_out is not None and json_out.exists():
+        previous = json.loads(json_out.read_text())
+        if previous.get("config") != json.loads(json.dumps(config)):
+            raise ValueError(f"{json_out} was written with a different configuration; not resuming")
+        rows.extend(previous.get("passages", []))
     for i, doc in enumerate(passages):
+        if i < len(rows):
+            if rows[i]["title"] != doc.title:
+                raise ValueError(f"{json_out}: passage {i} differs from this run's; not resuming")
+            if on_passage:
+                on_passage(i, rows[i])
+            continue
         rows.append(evaluate_passage(bundle, doc, list(strategies), strats, settings, k=k, judge=judge, seed=settings.lora.seed + i))
         results["summary"] = summarize(rows, [NO_ADAPTATION, *strategies])
         if json_out is not None:

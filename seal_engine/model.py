@@ -133,6 +133,8 @@ def load_model(settings: EngineSettings) -> ModelBundle:
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     model.eval()
+    # The base model is never trained: adapters are. No gradients for 135M+ weights.
+    model.requires_grad_(False)
     is_chat = settings.chat_model if settings.chat_model is not None else bool(tokenizer.chat_template)
     return ModelBundle(
         model_id=settings.model_id,
