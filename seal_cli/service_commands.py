@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
@@ -20,7 +20,7 @@ keys_app = typer.Typer(help="API keys (stored hashed; each belongs to a tenant).
 log = logging.getLogger("seal.serve")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     from .main import fail
 
     fail(message)
@@ -48,7 +48,13 @@ def _migrate(settings) -> None:  # noqa: ANN001
     try:
         upgrade_head(settings.resolved_database_url)
     except Exception as e:  # unreachable database, bad URL
-        _fail(f"cannot prepare the database {settings.resolved_database_url!r}: {' '.join(str(e).split())[:300]}")
+        from sqlalchemy.engine import make_url
+
+        try:
+            shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001
+            shown = "(unparsable URL)"
+        _fail(f"cannot prepare the database {shown}: {' '.join(str(e).split())[:300]}")
 
 
 def worker_argv(settings, loglevel: str = "info", hostname: str | None = None) -> list[str]:  # noqa: ANN001

@@ -1,0 +1,1 @@
+"""The seal web service (FastAPI): adaptations, adapters, OpenAI-compatible completions."""

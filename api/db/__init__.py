@@ -1,0 +1,1 @@
+"""The registry: SQLAlchemy 2 models, engine/session helpers, migrations."""

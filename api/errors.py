@@ -1,0 +1,103 @@
+"""Error bodies in the OpenAI shape (``{"error": {message, type, param, code}}``) for every failure.
+
+Validation errors (422) also keep FastAPI's ``detail`` list, so the offending field is
+named both in ``error.param`` and in ``detail[].loc``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("seal.api")
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(StarletteHTTPException):
+    """An HTTP error with an OpenAI-style ``code`` and ``param``."""
+
+    def __init__(
+        self, status_code: int, message: str, *, code: str | None = None, param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(status_code, message, headers=headers)
+        self.code = code
+        self.param = param
+
+
+def not_found(what: str, ident: str, param: str | None = None) -> APIError:
+    return APIError(404, f"{what} {ident!r} not found", code=f"{what.replace(' ', '_')}_not_found", param=param)
+
+
+def field_error(loc: tuple[str | int, ...], message: str, kind: str = "value_error") -> RequestValidationError:
+    """A 422 naming ``loc`` inside the request body, shaped like pydantic's own errors."""
+    return RequestValidationError([{"loc": ("body", *loc), "msg": message, "type": kind}])
+
+
+def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": _TYPES.get(status, "server_error" if status >= 500 else "error"),
+                      "param": param, "code": code}}
+
+
+def _loc(loc: tuple | list) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _clean(err: dict[str, Any]) -> dict[str, Any]:
+    # Input values and exception objects are left out: they may be huge or unserialisable.
+    return {"loc": list(err.get("loc", ())), "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))}
+
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [_clean(e) for e in exc.errors()]
+        if not errors:
+            errors = [{"loc": ["body"], "msg": "invalid request", "type": "value_error"}]
+        message = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" for e in errors[:10])
+        body = error_body(422, message, code="invalid_value", param=_loc(errors[0]["loc"]))
+        body["detail"] = errors
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+            # A body FastAPI could not even decode (bad UTF-8, ...) is malformed input: 422 like bad JSON.
+            return await _validation(req, RequestValidationError(
+                [{"loc": ("body",), "msg": "the body is not valid JSON (UTF-8)", "type": "json_invalid"}]))
+        code = getattr(exc, "code", None)
+        param = getattr(exc, "param", None)
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return JSONResponse(
+            error_body(exc.status_code, message, code=code, param=param),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(error_body(500, "internal server error", code="internal_error"), status_code=500)

@@ -1,0 +1,273 @@
+"""OpenAI-compatible completions: request coalescing (unit), and the official `openai` client
+against a real uvicorn server on 127.0.0.1 serving the real tiny model (slow)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from api.inference import CompletionBatcher, InferenceService
+from api.testing import Proc, bearer, free_port, new_key, service_env, service_settings, wait_http
+from seal_engine.serving import Completion, CompletionRequest
+from tests.conftest import TEST_DATA_DIR
+
+BASE = "SmolLM2-135M-Instruct"
+
+
+# --- coalescing (no model) --------------------------------------------------------------------
+
+
+def test_concurrent_requests_are_coalesced_into_one_call(tmp_path):
+    calls: list[list[str]] = []
+
+    def fake_complete(_bundle, reqs):
+        calls.append([r.prompt for r in reqs])
+        time.sleep(0.05)  # model time: requests arriving meanwhile form the next batch
+        return [[Completion(f"{r.prompt}!", "stop", 1, 1)] * r.n for r in reqs]
+
+    settings = service_settings(tmp_path, TEST_DATA_DIR, batch_window_ms=50)
+    svc = InferenceService(settings, complete_fn=fake_complete)
+    svc._bundle = SimpleNamespace(model_id=BASE)  # noqa: SLF001  (no model needed)
+
+    async def main():
+        await svc.start()
+        try:
+            outs = await asyncio.gather(*(svc.complete(CompletionRequest(prompt=f"p{i}", n=1 + i % 2))
+                                          for i in range(12)))
+        finally:
+            await svc.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [o[0].text for o in outs] == [f"p{i}!" for i in range(12)]
+    assert [len(o) for o in outs] == [1 + i % 2 for i in range(12)]
+    assert sum(len(c) for c in calls) == 12
+    assert len(calls) == 1, calls  # all twelve arrived within the window
+
+
+def test_one_bad_request_does_not_fail_its_batch():
+    def run(reqs):
+        if any(r.prompt == "bad" for r in reqs):
+            raise ValueError("adapter does not fit")
+        return [[Completion("ok", "stop", 1, 1)] for _ in reqs]
+
+    async def main():
+        b = CompletionBatcher(run, window_s=0.05, max_batch=8)
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(CompletionRequest(prompt=p)) for p in ("a", "bad", "c")),
+                                        return_exceptions=True)
+        finally:
+            await b.stop()
+
+    a, bad, c = asyncio.run(main())
+    assert a[0].text == "ok" and c[0].text == "ok"
+    assert isinstance(bad, ValueError)
+
+
+def test_batches_respect_max_batch():
+    sizes: list[int] = []
+
+    def run(reqs):
+        sizes.append(len(reqs))
+        return [[Completion("x", "stop", 1, 1)] for _ in reqs]
+
+    async def main():
+        b = CompletionBatcher(run, window_s=0.05, max_batch=4)
+        b.start()
+        try:
+            await asyncio.gather(*(b.submit(CompletionRequest(prompt=str(i))) for i in range(10)))
+        finally:
+            await b.stop()
+
+    asyncio.run(main())
+    assert sum(sizes) == 10 and max(sizes) <= 4
+
+
+# --- the real server --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    state = tmp_path_factory.mktemp("openai")
+    settings = service_settings(state, TEST_DATA_DIR)
+    key = new_key(settings, "acme")  # also creates the database
+    port = free_port()
+    env = service_env(data_dir=TEST_DATA_DIR, state_dir=state, torch_threads=1, max_body_bytes=4096,
+                      batch_window_ms=20)
+    proc = Proc([sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app", "--host", "127.0.0.1",
+                 "--port", str(port), "--log-level", "warning"], env, state / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", 120, proc)
+        yield SimpleNamespace(url=url, key=key, port=port, proc=proc)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0, timeout=300)
+
+
+CHAT = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.mark.slow
+def test_models_list(oai):
+    models = oai.models.list()
+    assert [m.id for m in models.data] == [BASE]
+    assert models.data[0].object == "model" and models.data[0].owned_by
+    assert oai.models.retrieve(BASE).id == BASE
+
+
+@pytest.mark.slow
+def test_chat_non_streaming_and_streaming_agree(oai):
+    r = oai.chat.completions.create(model=BASE, messages=CHAT, temperature=0, max_tokens=12)
+    assert r.object == "chat.completion" and r.model == BASE and len(r.choices) == 1
+    c = r.choices[0]
+    assert c.message.role == "assistant" and c.message.content.strip()
+    assert c.finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.prompt_tokens > 5 and 0 < u.completion_tokens <= 12 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+
+    stream = oai.chat.completions.create(model=BASE, messages=CHAT, temperature=0, max_tokens=12, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert all(ch.object == "chat.completion.chunk" and ch.id == chunks[0].id for ch in chunks)
+    content = [ch for ch in chunks if ch.choices]
+    assert content[0].choices[0].delta.role == "assistant"
+    text = "".join(ch.choices[0].delta.content or "" for ch in content)
+    assert text == c.message.content
+    assert content[-1].choices[0].finish_reason == c.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == u.completion_tokens
+
+
+@pytest.mark.slow
+def test_chat_n_and_stop(oai):
+    r = oai.chat.completions.create(model=BASE, messages=CHAT, temperature=0.9, top_p=0.9, n=3, max_tokens=10,
+                                    seed=7, stop=["\n", "."])
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    for c in r.choices:
+        assert "\n" not in c.message.content and "." not in c.message.content
+    r = oai.chat.completions.create(model=BASE, messages=CHAT, temperature=0, max_tokens=1)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 1
+    r = oai.chat.completions.create(model=BASE, messages=CHAT, temperature=0, max_tokens=12, stop="Paris")
+    assert "Paris" not in r.choices[0].message.content
+
+
+@pytest.mark.slow
+def test_text_completions(oai):
+    r = oai.completions.create(model=BASE, prompt=["The capital of France is", "One, two, three,"], max_tokens=6,
+                               n=2, temperature=0.7, stop=["\n"], seed=1)
+    assert r.object == "text_completion"
+    assert sorted(c.index for c in r.choices) == [0, 1, 2, 3]
+    assert all("\n" not in c.text for c in r.choices)
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens <= 4 * 6
+    chunks = list(oai.completions.create(model=BASE, prompt="One, two, three,", max_tokens=5, temperature=0,
+                                         stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text.strip() and chunks[-1].choices[0].finish_reason in ("stop", "length")
+    plain = oai.completions.create(model=BASE, prompt="One, two, three,", max_tokens=5, temperature=0)
+    assert plain.choices[0].text == text
+
+
+@pytest.mark.slow
+def test_raw_stream_ends_with_done(server):
+    with httpx.stream("POST", server.url + "/v1/chat/completions", headers=bearer(server.key), timeout=120,
+                      json={"model": BASE, "messages": CHAT, "max_tokens": 3, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln]
+    assert all(ln.startswith("data: ") for ln in lines)
+    assert lines[-1] == "data: [DONE]"
+
+
+@pytest.mark.slow
+def test_errors_through_the_client(server, oai):
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as e:
+        oai.chat.completions.create(model="adp_does_not_exist", messages=CHAT)
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.UnprocessableEntityError):
+        oai.chat.completions.create(model=BASE, messages=CHAT, temperature=5)
+    with pytest.raises(openai.APIStatusError) as e:
+        oai.chat.completions.create(model=BASE, messages=[{"role": "user", "content": "x" * 5000}])
+    assert e.value.status_code == 413
+
+
+@pytest.mark.slow
+def test_concurrent_chat_requests(oai):
+    results: list[str] = []
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            r = oai.chat.completions.create(model=BASE, messages=[{"role": "user", "content": f"Say {i}."}],
+                                            temperature=0, max_tokens=4)
+            results.append(r.choices[0].message.content)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and len(results) == 8
+
+
+@pytest.mark.slow
+def test_chunked_body_over_the_limit_is_413_on_a_real_server(server):
+    """No Content-Length: the server counts the bytes as they arrive."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        head = (f"POST /v1/documents HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(head.encode())
+        payload = b'{"text": "' + b"a" * 10_000 + b'"}'
+        try:
+            for i in range(0, len(payload), 1000):
+                part = payload[i:i + 1000]
+                s.sendall(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = s.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413"), reply
+
+
+@pytest.mark.slow
+def test_odd_but_valid_requests_never_5xx(server):
+    odd = [
+        ("/v1/chat/completions", {"messages": [{"role": "assistant", "content": "Hello."}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "system", "content": ""}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": ""}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "42", "tool_call_id": "x"}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "developer", "content": "Be terse."},
+                                               {"role": "user", "content": [{"type": "text", "text": "Hi"},
+                                                                            {"type": "image_url", "image_url": {}}]}]}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": None}], "n": 8, "max_tokens": 1}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "temperature": 0, "top_p": 1e-9,
+                                  "stop": ["\u00e9", "\n\n"], "seed": -5, "logprobs": True, "tools": []}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "\u4e2d\u6587 \U0001F600"}],
+                                  "stream": True, "n": 2, "max_tokens": 2}),
+        ("/v1/completions", {"prompt": " ", "max_tokens": 1, "echo": True, "suffix": "x", "best_of": 3}),
+        ("/v1/completions", {"prompt": ["\u0000", "a"], "max_tokens": 2, "stream": True}),
+    ]
+    for path, body in odd:
+        r = httpx.post(server.url + path, headers=bearer(server.key), json={"model": BASE, "max_tokens": 4, **body},
+                       timeout=120)
+        assert r.status_code < 500, (body, r.status_code, r.text[:300])
+        if body.get("stream") and r.status_code == 200:
+            assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text, r.text[-300:]

@@ -1,0 +1,1 @@
+"""Celery workers: adaptation jobs (and, next, RL runs) on machines that hold the model."""

@@ -1,0 +1,50 @@
+"""Celery tasks and worker signals. Imported by the worker only (``include`` in workers.app)."""
+
+from __future__ import annotations
+
+import logging
+
+from celery.signals import worker_ready, worker_shutdown
+
+# The engine is imported here, in the main thread, before any task or thread runs:
+# transformers' lazy imports are not safe to race from two threads.
+import seal_engine.adaptation  # noqa: F401
+import seal_engine.model  # noqa: F401
+
+from .app import ADAPT_TASK, app
+from .jobs import run_adaptation, worker_identity
+from .lifecycle import Housekeeper, preload_model
+
+log = logging.getLogger("seal.worker")
+
+_housekeeper: Housekeeper | None = None
+
+
+def _settings():  # noqa: ANN202
+    return app.conf.seal_settings
+
+
+@app.task(name=ADAPT_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def adapt_task(self, job_id: str) -> str:  # noqa: ANN001
+    """Run adaptation job ``job_id`` (idempotent: any number of deliveries, one adapter)."""
+    return run_adaptation(_settings(), job_id, worker=worker_identity())
+
+
+@worker_ready.connect
+def _on_ready(sender=None, **_kw) -> None:  # noqa: ANN001
+    global _housekeeper
+    settings = _settings()
+    settings.ensure_dirs()
+    _housekeeper = Housekeeper(settings, app, worker_identity())
+    _housekeeper.start()
+    if settings.worker_preload_model:
+        # Before the first task is taken: the model then stays loaded between tasks.
+        preload_model(settings)
+    log.info("seal worker %s ready on queue %s (%s)", worker_identity(), settings.task_queue,
+             "embedded broker" if settings.embedded_broker else "external broker")
+
+
+@worker_shutdown.connect
+def _on_shutdown(sender=None, **_kw) -> None:  # noqa: ANN001
+    if _housekeeper is not None:
+        _housekeeper.stop()
