@@ -86,7 +86,7 @@ def train_adapters_batched(
     cfg: LoraSettings,
     *,
     seeds: Sequence[int] | None = None,
-    token_budget: int = 4096,
+    token_budget: int = 1024,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[TrainedAdapter]:
     """One adapter per training set, all trained in shared forward/backward passes."""
