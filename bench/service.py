@@ -1,0 +1,115 @@
+"""Service benchmarks on the embedded default (`seal serve`: API + local worker, SQLite).
+
+1. Latency from POST /v1/adaptations to adapter ready: median of N jobs, default model,
+   5 self-edits (implications), default inner loop, one SQuAD dev passage each.
+2. Chat completion throughput: 16 concurrent requests (greedy, 64 new tokens) on the base
+   model vs the same 16 spread over 4 adapters, through the HTTP API.
+
+    python bench/service.py --jobs 5 --self-edits 5 --concurrent 16 --adapters 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from api.testing import Proc, bearer, free_port, seal_cli, service_env, wait_http  # noqa: E402
+
+DEV = Path(__file__).resolve().parents[2] / "shared/data/squad/dev.json"
+QUESTIONS = ["Tell me about Victoria.", "What is a glacier?", "Who founded the institute?", "Describe the river."]
+
+
+def wait_job(base: str, headers: dict, job_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base}/v1/adaptations/{job_id}", headers=headers, timeout=30).json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise TimeoutError(job_id)
+
+
+async def chat_burst(base: str, key: str, models: list[str], n: int, tokens: int) -> tuple[float, int]:
+    async with httpx.AsyncClient(base_url=base, headers=bearer(key), timeout=600) as client:
+        async def one(i: int) -> int:
+            r = await client.post("/v1/chat/completions", json={
+                "model": models[i % len(models)], "temperature": 0, "max_tokens": tokens,
+                "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+            })
+            r.raise_for_status()
+            return r.json()["usage"]["completion_tokens"]
+
+        await asyncio.gather(one(0))  # warm-up
+        t = time.perf_counter()
+        counts = await asyncio.gather(*(one(i) for i in range(n)))
+        return time.perf_counter() - t, sum(counts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=5)
+    ap.add_argument("--self-edits", type=int, default=5)
+    ap.add_argument("--concurrent", type=int, default=16)
+    ap.add_argument("--adapters", type=int, default=4)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--data-dir", default=str(Path.home() / ".cache" / "seal-test"))
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args()
+
+    passages = json.loads(DEV.read_text())
+    state = Path(tempfile.mkdtemp(prefix="seal-bench-service-"))
+    env = service_env(data_dir=args.data_dir, state_dir=state)
+    key = subprocess.run(seal_cli("keys", "create", "--tenant", "bench"), env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    port = free_port()
+    serve = Proc(seal_cli("serve", "--port", str(port)), env, state / "serve.log")
+    base = f"http://127.0.0.1:{port}"
+    results: dict = {"jobs": args.jobs, "self_edits": args.self_edits}
+    try:
+        wait_http(base + "/readyz", 300, serve)
+        latencies, adapters = [], []
+        for i in range(max(args.jobs, args.adapters)):
+            p = passages[i]
+            t = time.perf_counter()
+            r = httpx.post(f"{base}/v1/adaptations", headers=bearer(key), timeout=30, json={
+                "documents": [{"title": p["title"], "text": p["context"]}], "strategy": "implications",
+                "num_self_edits": args.self_edits, "eval_questions": p["questions"][:5],
+            })
+            r.raise_for_status()
+            job = wait_job(base, bearer(key), r.json()["id"], 1800)
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job failed: {job.get('error')}\n{serve.log()}")
+            elapsed = time.perf_counter() - t
+            adapters.append(job["adapter_id"])
+            if i < args.jobs:
+                latencies.append(elapsed)
+            print(f"job {i}: ready in {elapsed:.1f} s", flush=True)
+        results["post_to_ready_s"] = latencies
+        results["post_to_ready_median_s"] = statistics.median(latencies)
+        print(f"POST -> adapter ready: median {statistics.median(latencies):.1f} s over {len(latencies)} jobs")
+
+        base_model = httpx.get(f"{base}/v1/models", headers=bearer(key)).json()["data"][0]["id"]
+        for name, models in (("base", [base_model]), (f"{args.adapters}_adapters", adapters[: args.adapters])):
+            secs, toks = asyncio.run(chat_burst(base, key, models, args.concurrent, args.tokens))
+            results[name] = {"seconds": secs, "completion_tokens": toks, "tokens_per_s": toks / secs}
+            print(f"{args.concurrent} concurrent chats on {name}: {toks} tokens in {secs:.1f} s = {toks / secs:.1f} tok/s")
+        results["adapters_vs_base"] = results[f"{args.adapters}_adapters"]["tokens_per_s"] / results["base"]["tokens_per_s"]
+        print(f"{args.adapters} adapters / base: {results['adapters_vs_base']:.2f}x")
+    finally:
+        serve.stop(timeout=60)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
