@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import errors
+from .backends import make_backend
 from .db.migrate import upgrade_head
 from .db.session import session_factory
 from .inference import InferenceService
 from .middleware import BodySizeLimit
-from .routes import adaptations, admin, completions, documents, health, models
+from .routes import adaptations, admin, completions, documents, health, lora_adapters, models
+from .routes.lora_adapters import RuntimeLoras
 from .settings import Settings, get_settings
 
 log = logging.getLogger("seal.api")
@@ -38,28 +40,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     from workers.app import make_celery
 
-    inference = InferenceService(settings)
+    inference = InferenceService(settings)  # the model is loaded on first use (local backend only)
+    backend = make_backend(settings, inference)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ANN202
         settings.ensure_dirs()
         if settings.auto_migrate:
             await asyncio.to_thread(upgrade_head, settings.resolved_database_url)
-        await inference.start()
+        await backend.start()
         if settings.api_preload_model:
-            inference.preload()
+            backend.preload()
         try:
             yield
         finally:
-            await inference.stop()
+            await backend.stop()
 
     app = FastAPI(title="seal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessionmaker = session_factory(settings.resolved_database_url)
     app.state.celery = make_celery(settings)
     app.state.inference = inference
+    app.state.backend = backend
+    app.state.runtime_loras = RuntimeLoras()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for module in (health, adaptations, documents, models, completions, admin):
+    for module in (health, adaptations, documents, models, completions, lora_adapters, admin):
         app.include_router(module.router)
     return app

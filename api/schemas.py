@@ -207,8 +207,8 @@ class ModelOut(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    # Extensions (ignored by OpenAI clients).
-    kind: Literal["base", "adapter"] = "base"
+    # Extensions (ignored by OpenAI clients). "lora": loaded by name through /v1/load_lora_adapter.
+    kind: Literal["base", "adapter", "lora"] = "base"
     base_model: str | None = None
     name: str | None = None
 
@@ -324,3 +324,24 @@ class WorkerOut(BaseModel):
     base_model: str
     started_at: datetime
     last_seen: datetime
+
+
+# --- RL: self-edit policies -------------------------------------------------------------------
+
+
+class PolicyOut(BaseModel):
+    id: str
+    object: Literal["policy"] = "policy"
+    rl_run_id: str | None
+    base_model: str
+    strategy: str
+    iteration: int
+    metrics: dict[str, Any] | None
+    promoted: bool
+    promoted_at: datetime | None
+    created_at: datetime
+
+
+class PolicyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[PolicyOut]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from seal_engine.settings import EngineSettings
 
@@ -60,6 +61,24 @@ class Settings(EngineSettings):
     # Send a keep-alive comment on the events stream this often.
     events_ping_s: float = Field(15.0, gt=0.0)
 
+    # --- generation backend ------------------------------------------------------------------
+    # Where /v1/completions and /v1/chat/completions generate: "local" (the model in this
+    # process) or "vllm" (forwarded to a vLLM OpenAI-compatible server started with LoRA enabled).
+    generation_backend: Literal["local", "vllm"] = "local"
+    # The vLLM server's OpenAI base URL, e.g. http://vllm:8000/v1 ("/v1" is added if missing).
+    vllm_base_url: str | None = None
+    # The key the vLLM server was started with (--api-key); empty: none.
+    vllm_api_key: str | None = None
+    # The base model's name on the vLLM server (its --served-model-name); empty: model_id.
+    vllm_model: str | None = None
+    # Where the vLLM server sees storage_dir (adapter paths are rewritten); empty: the same path.
+    vllm_storage_dir: Path | None = None
+    # Seconds to connect to the vLLM server, and to wait for its answer (or the next streamed chunk).
+    vllm_connect_timeout_s: float = Field(5.0, gt=0.0, le=600.0)
+    vllm_timeout_s: float = Field(300.0, gt=0.0, le=86_400.0)
+    # Retries of a request that could not reach the server (connection errors, 5xx), with backoff.
+    vllm_max_retries: int = Field(1, ge=0, le=10)
+
     # --- workers and queue -------------------------------------------------------------------
     task_queue: str = "seal"
     # Redis: an unacknowledged message (its worker died) is delivered again after this long.
@@ -80,10 +99,17 @@ class Settings(EngineSettings):
     # Load the model when the worker starts rather than at its first job.
     worker_preload_model: bool = True
 
-    @field_validator("state_dir", "storage_dir", "database_url", "broker_url", mode="before")
+    @field_validator("state_dir", "storage_dir", "database_url", "broker_url", "vllm_base_url", "vllm_api_key",
+                     "vllm_model", "vllm_storage_dir", mode="before")
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if v in ("", None) else v
+
+    @model_validator(mode="after")
+    def _vllm_needs_a_server(self) -> Settings:
+        if self.generation_backend == "vllm" and not self.vllm_base_url:
+            raise ValueError("SEAL_GENERATION_BACKEND=vllm needs SEAL_VLLM_BASE_URL (e.g. http://vllm:8000/v1)")
+        return self
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -105,6 +131,15 @@ class Settings(EngineSettings):
     @property
     def resolved_storage_dir(self) -> Path:
         return Path(self.storage_dir) if self.storage_dir else self.resolved_state_dir / "adapters"
+
+    @property
+    def resolved_vllm_base_url(self) -> str:
+        url = (self.vllm_base_url or "").rstrip("/")
+        return url if url.endswith("/v1") else url + "/v1"
+
+    @property
+    def resolved_vllm_model(self) -> str:
+        return self.vllm_model or self.model_id
 
     def ensure_dirs(self) -> None:
         self.resolved_state_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from .documents import Document, DocumentError, Question
 from .grading import LLMJudge
 from .batched_training import train_adapters_batched
 from .evaluation import score_adapters
-from .lora import TrainedAdapter
+from .lora import LoraAdapter, TrainedAdapter
 from .model import ModelBundle
 from .prompts import get_strategy
 from .qa import QAResult
@@ -90,11 +90,13 @@ def adapt(
     measure_retention: bool = True,
     seed: int | None = None,
     progress: Progress | None = None,
+    policy: LoraAdapter | None = None,
 ) -> AdaptationResult:
     """Teach the model ``documents``: one adapter trained on all their self-edits.
 
     Questions default to those attached to the documents; without any, nothing is
-    graded and no reward is computed.
+    graded and no reward is computed. ``policy`` (a self-edit policy adapter) writes
+    the self-edits; the adapter itself is always trained on the base model.
     """
     if not documents:
         raise DocumentError("no documents to adapt to")
@@ -108,7 +110,7 @@ def adapt(
 
     t = time.perf_counter()
     report("self_edits", 0, 1)
-    sampled = sample_self_edits_many(bundle, [(d, strat) for d in documents], k, settings.sampling, seed=seed)
+    sampled = sample_self_edits_many(bundle, [(d, strat) for d in documents], k, settings.sampling, seed=seed, policy=policy)
     prompts = [p for p, _ in sampled if p]
     edits = [e for _, doc_edits in sampled for e in doc_edits]
     sequences: list[str] = []

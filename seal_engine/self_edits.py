@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from .documents import Document
 from .generation import generate
+from .lora import LoraAdapter
 from .model import ModelBundle
 from .parsing import build_training_sequences
 from .prompts import Strategy, self_edit_prompt
@@ -49,13 +50,19 @@ def sample_self_edits_many(
     sampling: SamplingSettings,
     *,
     seed: int = 0,
+    policy: LoraAdapter | None = None,
 ) -> list[tuple[str, list[str]]]:
-    """(prompt, k self-edits) for each (document, strategy), all sampled in one batched call."""
+    """(prompt, k self-edits) for each (document, strategy), all sampled in one batched call.
+
+    ``policy``: a self-edit policy adapter (from RL) that writes the self-edits; None
+    samples from the base model.
+    """
     prompts = [self_edit_prompt(bundle, s, d.title, d.text) if s else "" for d, s in items]
     todo = [p for p in prompts if p for _ in range(k)]
     outs = generate(
         bundle, todo, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
         top_p=sampling.top_p, seed=seed, batch_size=max(len(todo), 1),
+        adapters=[policy] * len(todo) if policy is not None else None,
     ) if todo else []
     results: list[tuple[str, list[str]]] = []
     pos = 0

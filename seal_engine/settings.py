@@ -95,3 +95,22 @@ class EngineSettings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_engine_settings() -> EngineSettings:
     return EngineSettings()
+
+
+class SFTSettings(BaseModel):
+    """Supervised fine-tuning of the self-edit policy (a LoRA on the generator)."""
+
+    rank: int = Field(16, ge=1, le=256)
+    alpha: int = Field(32, ge=1, le=1024)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+    epochs: int = Field(2, ge=1, le=100)
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
+    batch_size: int = Field(4, ge=1, le=256)
+    max_seq_length: int = Field(1024, ge=16, le=16384)
+    seed: int = 0
+
+    def as_lora(self) -> LoraSettings:
+        return LoraSettings(rank=self.rank, alpha=self.alpha, dropout=self.dropout, target_modules=self.target_modules,
+                            epochs=self.epochs, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                            max_seq_length=min(self.max_seq_length, 8192), seed=self.seed)

@@ -79,6 +79,24 @@ def test_environment_wiring(compose):
     assert _env(s["worker"])["SEAL_DEVICE"] == "cuda"
 
 
+def test_vllm_backend_wiring(compose):
+    """The API can forward completions to the vllm service, which loads adapters from the shared volume."""
+    s = compose["services"]
+    api_env = {k: _expand(v) for k, v in _env(s["api"]).items()}
+    assert api_env["SEAL_GENERATION_BACKEND"] == "local", "vLLM is opt-in"
+    assert api_env["SEAL_VLLM_BASE_URL"] == "http://vllm:8000/v1"
+    assert api_env["SEAL_VLLM_MODEL"] == _expand(s["vllm"]["command"][1])
+    assert Settings(**{k[5:].lower(): v for k, v in api_env.items() if k.startswith("SEAL_VLLM_")},
+                    generation_backend="vllm").resolved_vllm_base_url == "http://vllm:8000/v1"
+    assert _env(s["vllm"])["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "--enable-lora" in s["vllm"]["command"] and "--max-lora-rank" in s["vllm"]["command"]
+    # vLLM sees adapter files at the very paths the registry stores (no SEAL_VLLM_STORAGE_DIR needed).
+    mount = api_env["SEAL_STORAGE_DIR"].rsplit("/", 1)[0]
+    api_vols = {v.split(":")[0]: v.split(":")[1] for v in s["api"]["volumes"]}
+    vllm_vols = {v.split(":")[0]: v.split(":")[1] for v in s["vllm"]["volumes"]}
+    assert any(api_vols[k] == mount and vllm_vols.get(k) == mount for k in api_vols)
+
+
 def test_depends_on_and_healthchecks(compose):
     s = compose["services"]
     for name in ("api", "worker"):

@@ -46,9 +46,13 @@ def test_training_is_deterministic_for_a_seed(bundle):
 
 def test_padding_is_masked_out_of_the_loss(bundle):
     short, long = [1, 2, 3], [4, 5, 6, 7, 8, 9]
-    batch = collate([short, long], pad_id=0)
+    batch = collate([short, long], pad_id=0, multiple=1)
     assert batch["labels"][0].tolist() == [1, 2, 3, -100, -100, -100]
     assert batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0]
+    # Widths are rounded up to the kernel grid (32); the extra columns are padding too.
+    wide = collate([short, long], pad_id=0)
+    assert wide["input_ids"].shape == (2, 32)
+    assert wide["labels"][1].tolist() == long + [-100] * 26
     # The padded batch's loss counts exactly the real tokens: equal to the
     # token-weighted mean of the two sequences' losses computed alone.
     ids = bundle.tokenizer(["Alpha beta gamma.", "One two three four five six seven eight."])["input_ids"]

@@ -16,7 +16,7 @@ from api.testing import fresh_postgres_database, postgres_admin_url
 
 TABLES = {
     "tenants", "api_keys", "documents", "adaptation_jobs", "job_documents", "self_edits", "adapters",
-    "rl_runs", "policy_checkpoints", "worker_heartbeats", "alembic_version",
+    "rl_runs", "policy_checkpoints", "worker_heartbeats", "alembic_version", "rl_samples", "rl_evaluations",
 }
 
 
@@ -55,8 +55,10 @@ def test_upgrade_head_postgres():
         _check_schema(url)
 
 
-def test_single_initial_migration():
+def test_linear_migration_history():
     from alembic.script import ScriptDirectory
 
     revisions = list(ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions())
-    assert [r.revision for r in revisions] == ["0001"]
+    # 0001: initial schema; 0002: RL samples and per-passage evaluations.
+    assert [r.revision for r in revisions] == ["0002", "0001"]
+    assert revisions[0].down_revision == "0001"

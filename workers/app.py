@@ -12,6 +12,8 @@ from celery import Celery
 from api.settings import Settings, get_settings
 
 ADAPT_TASK = "seal.adapt"
+RL_STEP_TASK = "seal.rl.step"
+RL_EVALUATE_TASK = "seal.rl.evaluate"
 
 
 def broker_options(settings: Settings) -> dict:
@@ -58,6 +60,14 @@ def make_celery(settings: Settings, *, include_tasks: bool = False) -> Celery:
 def dispatch_adaptation(app: Celery, settings: Settings, job_id: str) -> str:
     """Send the job's task; returns the task id. Raises kombu/redis errors if the broker is down."""
     result = app.send_task(ADAPT_TASK, args=[job_id], queue=settings.task_queue,
+                           retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
+    return result.id
+
+
+def dispatch_rl(app: Celery, settings: Settings, kind: str, args: list) -> str:
+    """Send an RL task: ``step`` (advance a run) or ``evaluate`` (one passage of an iteration)."""
+    name = {"step": RL_STEP_TASK, "evaluate": RL_EVALUATE_TASK}[kind]
+    result = app.send_task(name, args=args, queue=settings.task_queue,
                            retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5})
     return result.id
 

@@ -11,7 +11,8 @@ from celery.signals import worker_ready, worker_shutdown
 import seal_engine.adaptation  # noqa: F401
 import seal_engine.model  # noqa: F401
 
-from .app import ADAPT_TASK, app
+from . import rl_jobs
+from .app import ADAPT_TASK, RL_EVALUATE_TASK, RL_STEP_TASK, app, dispatch_rl
 from .jobs import run_adaptation, worker_identity
 from .lifecycle import Housekeeper, preload_model
 
@@ -28,6 +29,22 @@ def _settings():  # noqa: ANN202
 def adapt_task(self, job_id: str) -> str:  # noqa: ANN001
     """Run adaptation job ``job_id`` (idempotent: any number of deliveries, one adapter)."""
     return run_adaptation(_settings(), job_id, worker=worker_identity())
+
+
+def _dispatch(kind: str, args: list) -> None:
+    dispatch_rl(app, _settings(), kind, args)
+
+
+@app.task(name=RL_STEP_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def rl_step_task(self, run_id: str) -> str:  # noqa: ANN001
+    """Advance RL run ``run_id`` (idempotent: sends only the evaluations still missing)."""
+    return rl_jobs.step(_settings(), run_id, _dispatch, worker=worker_identity())
+
+
+@app.task(name=RL_EVALUATE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def rl_evaluate_task(self, run_id: str, iteration: int, passage: int) -> str:  # noqa: ANN001
+    """Evaluate one passage of an RL iteration (a stored evaluation is never recomputed)."""
+    return rl_jobs.evaluate(_settings(), run_id, iteration, passage, _dispatch, worker=worker_identity())
 
 
 @worker_ready.connect

@@ -94,6 +94,41 @@ class PolicyCheckpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RLSample(Base):
+    """One self-edit sampled during an RL run, with its reward terms once evaluated."""
+
+    __tablename__ = "rl_samples"
+    __table_args__ = (UniqueConstraint("rl_run_id", "iteration", "passage", "sample"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rl_run_id: Mapped[str] = mapped_column(ForeignKey("rl_runs.id", ondelete="CASCADE"), index=True)
+    iteration: Mapped[int] = mapped_column(Integer)
+    passage: Mapped[int] = mapped_column(Integer)
+    sample: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text, default="")
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text)
+    # The policy checkpoint that wrote it (None: the base model).
+    policy_id: Mapped[str | None] = mapped_column(ForeignKey("policy_checkpoints.id", ondelete="SET NULL"))
+    seeds: Mapped[list[int] | None] = mapped_column(JSONType)  # inner-loop seeds, one per repeat
+    rewards: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)  # reward terms per repeat
+    reward: Mapped[float | None] = mapped_column(Float)  # mean over repeats
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RLEvaluation(Base):
+    """A finished per-passage evaluation (baselines + every sample's reward): the unit of resume."""
+
+    __tablename__ = "rl_evaluations"
+
+    rl_run_id: Mapped[str] = mapped_column(ForeignKey("rl_runs.id", ondelete="CASCADE"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    passage: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AdaptationJob(Base):
     __tablename__ = "adaptation_jobs"
 

@@ -1,18 +1,38 @@
-"""Admin endpoints (admin keys only; 403 for others). A small start: tenants, keys, workers, jobs."""
+"""Admin endpoints (admin keys only; 403 for others): tenants, keys, workers, jobs, self-edit policies."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ConfigDict, Field
+from sqlalchemy import func, select, update
 
-from ..db.models import AdaptationJob, ApiKey, Tenant, WorkerHeartbeat
-from ..deps import AdminDep, DbDep
-from ..errors import field_error
-from ..jobs import job_out
+from seal_engine.rl import RLConfig
+
+from ..db.base import new_id, utcnow
+from ..db.models import (
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    AdaptationJob,
+    ApiKey,
+    PolicyCheckpoint,
+    RLRun,
+    RLSample,
+    Tenant,
+    WorkerHeartbeat,
+)
+from ..deps import AdminDep, DbDep, SettingsDep
+from ..errors import APIError, field_error, not_found
+from ..jobs import job_out, valid_id
 from ..keys import TenantNameError, create_key
-from ..schemas import AdaptationList, KeyCreate, KeyOut, TenantOut, WorkerOut
+from ..schemas import AdaptationList, KeyCreate, KeyOut, PolicyList, PolicyOut, TenantOut, WorkerOut
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -49,3 +69,193 @@ def list_jobs(db: DbDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=
     if status:
         q = q.where(AdaptationJob.status == status)
     return AdaptationList(data=[job_out(j) for j in db.scalars(q.order_by(AdaptationJob.created_at.desc()).limit(limit))])
+
+
+def _policy_out(p: PolicyCheckpoint) -> PolicyOut:
+    return PolicyOut(id=p.id, rl_run_id=p.rl_run_id, base_model=p.base_model, strategy=p.strategy,
+                     iteration=p.iteration, metrics=p.metrics, promoted=p.promoted, promoted_at=p.promoted_at,
+                     created_at=p.created_at)
+
+
+@router.get("/policies", response_model=PolicyList, summary="Self-edit policy checkpoints, newest first")
+def list_policies(db: DbDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                  rl_run_id: Annotated[str | None, Query(max_length=64)] = None) -> PolicyList:
+    q = select(PolicyCheckpoint)
+    if rl_run_id:
+        q = q.where(PolicyCheckpoint.rl_run_id == rl_run_id)
+    rows = db.scalars(q.order_by(PolicyCheckpoint.created_at.desc(), PolicyCheckpoint.iteration.desc()).limit(limit))
+    return PolicyList(data=[_policy_out(p) for p in rows])
+
+
+@router.post("/policies/{checkpoint}/promote", response_model=PolicyOut,
+             summary="Make a checkpoint the default self-edit writer for new adaptations of its base model")
+def promote_policy(checkpoint: str, db: DbDep, _admin: AdminDep) -> PolicyOut:
+    row = db.get(PolicyCheckpoint, checkpoint) if valid_id(checkpoint) else None
+    if row is None:
+        raise not_found("policy", checkpoint)
+    if not row.storage_path or not (Path(row.storage_path) / "adapter_model.safetensors").is_file():
+        raise APIError(409, f"policy {checkpoint!r} has no stored weights; it cannot write self-edits",
+                       code="policy_without_weights")
+    now = utcnow()
+    # At most one promoted checkpoint per base model.
+    db.execute(update(PolicyCheckpoint)
+               .where(PolicyCheckpoint.base_model == row.base_model, PolicyCheckpoint.id != row.id)
+               .values(promoted=False).execution_options(synchronize_session=False))
+    row.promoted = True
+    row.promoted_at = now
+    db.commit()
+    db.refresh(row)
+    return _policy_out(row)
+
+
+# --- RL runs ---------------------------------------------------------------------------------
+
+
+
+class RLRunCreate(RLConfig):
+    """An RL run: the engine's RLConfig (P=passages, N=samples, R=repeats, ...) plus its data."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str | None = Field(None, description="a train.json-style file of passages with questions")
+    documents: list[dict[str, Any]] | None = Field(None, description="uploaded passages: {title, text, questions}")
+    init_policy_id: str | None = Field(None, description="start from this policy checkpoint (default: base model)")
+
+
+def _rl_out(db, run: RLRun) -> dict[str, Any]:  # noqa: ANN001
+    samples = db.scalar(select(func.count()).select_from(RLSample).where(RLSample.rl_run_id == run.id))
+    rewarded = db.scalar(select(func.count()).select_from(RLSample)
+                         .where(RLSample.rl_run_id == run.id, RLSample.reward.is_not(None)))
+    m = run.metrics or {}
+    return {
+        "id": run.id, "object": "rl_run", "status": run.status, "stage": run.stage,
+        "progress": round(run.progress or 0.0, 4), "base_model": run.base_model, "strategy": run.strategy,
+        "config": {k: v for k, v in (run.config or {}).items() if k != "passages_data"},
+        "iterations": m.get("iterations", []), "curve": m.get("curve", {"mean_reward": [], "best_of_n_reward": []}),
+        "checkpoints": m.get("checkpoints", []), "samples": samples, "rewarded_samples": rewarded,
+        "error": run.error, "created_at": run.created_at.isoformat() if run.created_at else None,
+        "started_at": run.started_at.isoformat() if run.started_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
+
+
+def _get_run(db, run_id: str) -> RLRun:  # noqa: ANN001
+    run = db.get(RLRun, run_id) if valid_id(run_id) else None
+    if run is None:
+        raise not_found("rl run", run_id)
+    return run
+
+
+def _send_step(request: Request, settings, run_id: str) -> None:  # noqa: ANN001
+    from workers.app import dispatch_rl
+
+    try:
+        dispatch_rl(request.app.state.celery, settings, "step", [run_id])
+    except Exception:
+        raise APIError(503, "the job queue is unavailable; try again later (POST .../resume)",
+                       code="queue_unavailable") from None
+
+
+@router.post("/rl-runs", status_code=202, summary="Start a ReST-EM run that trains the self-edit policy")
+def create_rl_run(body: RLRunCreate, request: Request, db: DbDep, settings: SettingsDep, admin: AdminDep) -> JSONResponse:
+    from seal_engine.documents import DocumentError, document_from_dict, load_documents
+
+    if (body.dataset is None) == (body.documents is None):
+        raise field_error(("dataset",), "give exactly one of 'dataset' (a file path) or 'documents'")
+    config: dict[str, Any] = {"rl": RLConfig.model_validate(body.model_dump(include=set(RLConfig.model_fields))).model_dump()}
+    try:
+        if body.dataset is not None:
+            path = Path(body.dataset).expanduser().resolve()
+            docs = load_documents(path)
+            config["dataset"] = str(path)
+        else:
+            docs = [document_from_dict(d, f"documents[{i}]") for i, d in enumerate(body.documents or [])]
+            config["passages_data"] = [{"title": d.title, "text": d.text, "questions": [
+                {"question": q.question, "answer": q.answer} for q in d.questions]} for d in docs]
+    except DocumentError as e:
+        raise field_error(("dataset" if body.dataset is not None else "documents",), str(e)) from None
+    if not any(d.questions for d in docs):
+        raise field_error(("dataset" if body.dataset is not None else "documents",), "no passage has questions")
+    if body.init_policy_id is not None:
+        if db.get(PolicyCheckpoint, body.init_policy_id) is None:
+            raise field_error(("init_policy_id",), f"unknown policy {body.init_policy_id!r}")
+        config["init_policy_id"] = body.init_policy_id
+    run = RLRun(id=new_id("rl"), tenant_id=admin.tenant_id, status=QUEUED, stage="queued", progress=0.0,
+                base_model=settings.model_id, strategy=body.strategy, config=config, metrics={"iteration": 0})
+    db.add(run)
+    db.commit()
+    _send_step(request, settings, run.id)
+    db.refresh(run)
+    return JSONResponse(_rl_out(db, run), status_code=202, headers={"Location": f"/v1/admin/rl-runs/{run.id}"})
+
+
+@router.get("/rl-runs", summary="RL runs, newest first")
+def list_rl_runs(db: DbDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=200)] = 50) -> dict[str, Any]:
+    runs = db.scalars(select(RLRun).order_by(RLRun.created_at.desc()).limit(limit)).all()
+    return {"object": "list", "data": [_rl_out(db, r) for r in runs]}
+
+
+@router.get("/rl-runs/{run_id}", summary="Status, per-iteration metrics and the reward curve")
+def get_rl_run(run_id: str, db: DbDep, _admin: AdminDep) -> dict[str, Any]:
+    return _rl_out(db, _get_run(db, run_id))
+
+
+@router.get("/rl-runs/{run_id}/samples", summary="Every sampled self-edit with its prompt, policy, seeds and reward terms")
+def list_rl_samples(run_id: str, db: DbDep, _admin: AdminDep,
+                    iteration: Annotated[int | None, Query(ge=0)] = None) -> dict[str, Any]:
+    _get_run(db, run_id)
+    q = select(RLSample).where(RLSample.rl_run_id == run_id)
+    if iteration is not None:
+        q = q.where(RLSample.iteration == iteration)
+    rows = db.scalars(q.order_by(RLSample.iteration, RLSample.passage, RLSample.sample)).all()
+    return {"object": "list", "data": [
+        {"iteration": r.iteration, "passage": r.passage, "sample": r.sample, "title": r.title, "prompt": r.prompt,
+         "text": r.text, "policy_id": r.policy_id, "seeds": r.seeds, "rewards": r.rewards, "reward": r.reward}
+        for r in rows]}
+
+
+@router.get("/rl-runs/{run_id}/events", summary="Server-sent events: the run's state whenever it changes")
+async def rl_run_events(run_id: str, request: Request, db: DbDep, _admin: AdminDep) -> StreamingResponse:
+    _get_run(db, run_id)
+    maker = request.app.state.sessionmaker
+
+    def snapshot() -> dict[str, Any]:
+        with maker() as s:
+            return _rl_out(s, s.get(RLRun, run_id))
+
+    async def stream():  # noqa: ANN202
+        last = None
+        while True:
+            state = await asyncio.to_thread(snapshot)
+            key = json.dumps({k: state[k] for k in ("status", "stage", "progress", "rewarded_samples", "checkpoints")})
+            if key != last:
+                last = key
+                yield f"event: state\ndata: {json.dumps(state)}\n\n"
+            if state["status"] in TERMINAL or await request.is_disconnected():
+                yield "event: end\ndata: {}\n\n"
+                return
+            await asyncio.sleep(1.0)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+@router.post("/rl-runs/{run_id}/cancel", summary="Stop a run (finished evaluations and checkpoints are kept)")
+def cancel_rl_run(run_id: str, db: DbDep, _admin: AdminDep) -> dict[str, Any]:
+    run = _get_run(db, run_id)
+    if run.status not in TERMINAL:
+        run.status, run.stage, run.finished_at = "cancelled", "cancelled", utcnow()
+        db.commit()
+    return _rl_out(db, run)
+
+
+@router.post("/rl-runs/{run_id}/resume", status_code=202,
+             summary="Continue a cancelled, failed or stalled run from its last completed evaluation")
+def resume_rl_run(run_id: str, request: Request, db: DbDep, settings: SettingsDep, _admin: AdminDep) -> dict[str, Any]:
+    run = _get_run(db, run_id)
+    if run.status == SUCCEEDED:
+        raise APIError(409, f"rl run {run_id!r} has finished", code="rl_run_finished")
+    if run.status != RUNNING:
+        run.status, run.stage, run.error, run.finished_at = QUEUED, "queued", None, None
+    run.attempts = (run.attempts or 0) + 1
+    db.commit()
+    _send_step(request, settings, run.id)
+    return _rl_out(db, run)

@@ -1,4 +1,4 @@
-"""Liveness (/healthz) and readiness (/readyz: database, broker, a live worker)."""
+"""Liveness (/healthz) and readiness (/readyz: database, broker, a live worker, and the vLLM server if used)."""
 
 from __future__ import annotations
 
@@ -59,5 +59,11 @@ async def readyz(request: Request) -> JSONResponse:
     db, broker = await asyncio.gather(_run(_check_db, request), _run(_check_broker, request))
     worker = await _run(_check_worker, request) if db["ok"] else {"ok": False, "error": "database unavailable"}
     checks = {"database": db, "broker": broker, "worker": worker}
+    backend = request.app.state.backend
+    if backend.name != "local":  # a remote generation server (vLLM) must answer too
+        try:
+            checks["generation"] = await asyncio.wait_for(backend.check(), 10.0)
+        except Exception as e:  # noqa: BLE001
+            checks["generation"] = {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..backends import ModelTarget
 from ..db.base import utcnow
 from ..db.models import ADAPTER_DELETED, ADAPTER_READY, Adapter
 from ..deps import DbDep, Principal, PrincipalDep, SettingsDep
@@ -54,12 +55,15 @@ def find_adapter(db: Session, who: Principal, adapter_id: str, param: str | None
 
 
 @router.get("/v1/models", response_model=ModelList, summary="Base model and this tenant's ready adapters")
-def list_models(db: DbDep, who: PrincipalDep, settings: SettingsDep) -> ModelList:
+def list_models(request: Request, db: DbDep, who: PrincipalDep, settings: SettingsDep) -> ModelList:
     rows = db.scalars(
         select(Adapter).where(Adapter.tenant_id == who.tenant_id, Adapter.status == ADAPTER_READY,
                               Adapter.base_model == settings.model_id).order_by(Adapter.created_at)
     ).all()
-    return ModelList(data=[base_model_out(settings), *(adapter_model_out(a) for a in rows)])
+    runtime = request.app.state.runtime_loras.of_tenant(who.tenant_id) if who.is_admin else []
+    return ModelList(data=[base_model_out(settings), *(adapter_model_out(a) for a in rows),
+                           *(ModelOut(id=r.name, created=r.created, owned_by=who.tenant_id, kind="lora",
+                                      base_model=settings.model_id) for r in runtime)])
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelOut, summary="One model (base or adapter)")
@@ -88,7 +92,7 @@ def get_adapter(adapter_id: str, db: DbDep, who: PrincipalDep) -> AdapterOut:
 async def delete_adapter(adapter_id: str, request: Request, who: PrincipalDep) -> dict:
     factory = request.app.state.sessionmaker
 
-    def run() -> None:
+    def run() -> Path:
         with factory() as db:
             row = find_adapter(db, who, adapter_id)
             path = Path(row.storage_path)
@@ -103,8 +107,10 @@ async def delete_adapter(adapter_id: str, request: Request, who: PrincipalDep) -
             except OSError:
                 trash = path
             shutil.rmtree(trash, ignore_errors=True)
+        return path
 
-    await asyncio.to_thread(run)
+    path = await asyncio.to_thread(run)
+    await request.app.state.backend.forget_adapter(ModelTarget(adapter_id, adapter=adapter_id, path=path))
     return {"id": adapter_id, "object": "adapter", "deleted": True}
 
 

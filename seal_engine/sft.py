@@ -1,0 +1,125 @@
+"""Supervised fine-tuning of the self-edit policy: (prompt -> completion), loss on the completion.
+
+The policy is a LoRA on the base model (PEFT format). Prompt tokens and padding carry
+label -100, so only the completion (plus a closing EOS) is learned. Training can start
+from an earlier policy adapter ("stack": the previous iteration's LoRA keeps training)
+or from a fresh, seeded LoRA.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+from .lora import AdapterError, LoraAdapter, TrainedAdapter, _wrap, lora_config, padded_width
+from .model import ModelBundle
+from .settings import SFTSettings
+
+IGNORE = -100
+
+
+def build_example(bundle: ModelBundle, prompt: str, completion: str, max_len: int) -> tuple[list[int], list[int]] | None:
+    """(input_ids, labels) for one pair; None when no completion token fits in ``max_len``.
+
+    The prompt is tokenized as generation sees it (no special tokens added), the
+    completion follows it and ends with EOS. A prompt too long is cut from the left.
+    """
+    tok = bundle.tokenizer
+    p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    c = tok(completion, add_special_tokens=False)["input_ids"]
+    if tok.eos_token_id is not None:
+        c = c + [tok.eos_token_id]
+    if not c:
+        return None
+    c = c[:max_len]
+    room = max_len - len(c)
+    p = p[-room:] if room > 0 else []
+    if not p and not c:
+        return None
+    return p + c, [IGNORE] * len(p) + c
+
+
+def collate_sft(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = padded_width(max(len(ids) for ids, _ in examples))
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        attention[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def completion_loss(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapter: LoraAdapter | None,
+                    max_len: int = 1024) -> float:
+    """Mean per-token loss on the completions (for checks and metrics)."""
+    from .lora import applied_adapter
+
+    examples = [e for e in (build_example(bundle, p, c, max_len) for p, c in pairs) if e]
+    with applied_adapter(bundle, adapter) as model, torch.inference_mode():
+        batch = {k: v.to(bundle.device) for k, v in collate_sft(examples, bundle.tokenizer.pad_token_id).items()}
+        return float(model(**batch).loss)
+
+
+def train_sft(
+    bundle: ModelBundle,
+    pairs: Sequence[tuple[str, str]],
+    cfg: SFTSettings,
+    *,
+    init: LoraAdapter | None = None,
+    seed: int | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainedAdapter:
+    """A policy adapter fine-tuned on ``pairs`` (prompt, completion).
+
+    With ``init``, training continues from that adapter (its config is kept); else a
+    fresh LoRA with ``cfg``'s shape is seeded. Deterministic for a seed on a machine.
+    """
+    seed = cfg.seed if seed is None else seed
+    examples = [e for e in (build_example(bundle, p, c, cfg.max_seq_length) for p, c in pairs) if e]
+    if not examples:
+        raise AdapterError("nothing to fine-tune the policy on (no completion tokens)")
+    config = init.config if init is not None else lora_config(cfg.as_lora(), bundle.model_id)
+    rng = random.Random(seed)
+    total = -(-len(examples) // cfg.batch_size) * cfg.epochs
+    losses: list[float] = []
+    tokens = 0
+    t0 = time.perf_counter()
+    with bundle.lock:
+        torch.manual_seed(seed)
+        model = _wrap(bundle, config)
+        try:
+            if init is not None:
+                res = set_peft_model_state_dict(model, init.state)
+                if res.unexpected_keys:
+                    raise AdapterError(f"starting policy does not fit {bundle.model_id}")
+            model.train()
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+            step = 0
+            for _ in range(cfg.epochs):
+                idx = list(range(len(examples)))
+                rng.shuffle(idx)
+                for b in range(0, len(idx), cfg.batch_size):
+                    batch = collate_sft([examples[i] for i in idx[b : b + cfg.batch_size]], bundle.tokenizer.pad_token_id)
+                    batch = {k: v.to(bundle.device) for k, v in batch.items()}
+                    loss = model(**batch, use_cache=False).loss
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    step += 1
+                    tokens += int((batch["labels"] != IGNORE).sum())
+                    losses.append(loss.item())
+                    if on_step:
+                        on_step(step, total, losses[-1])
+            state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        finally:
+            model.eval()
+            model.unload()
+    return TrainedAdapter(config=config, state=state, seed=seed, losses=losses, num_sequences=len(examples),
+                          num_tokens=tokens, seconds=time.perf_counter() - t0)

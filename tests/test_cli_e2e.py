@@ -1,0 +1,59 @@
+"""The CLI's happy paths on the real tiny model (small step counts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import TEST_DATA_DIR
+
+pytestmark = pytest.mark.slow
+
+FACT = ("The Zorblax Institute was founded by Marguerite Okonkwo. "
+        "Marguerite Okonkwo founded the Zorblax Institute in Valparaiso.")
+
+
+def seal(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "SEAL_RETENTION_PROBES": "4",
+           "SEAL_SAMPLING__MAX_NEW_TOKENS": "48", "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-m", "seal_cli.main", *args], cwd=cwd, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def test_adapt_then_ask(tmp_path):
+    doc = tmp_path / "zorblax.json"
+    doc.write_text(json.dumps({"title": "Zorblax Institute", "text": FACT,
+                               "questions": [{"question": "Who founded the Zorblax Institute?", "answer": "Okonkwo"}]}))
+    seal("adapt", str(doc), "--strategy", "passage", "-k", "1", "--out", "ad", cwd=tmp_path)
+    out = tmp_path / "ad"
+    assert {"adapter_config.json", "adapter_model.safetensors", "seal_record.json"} <= {p.name for p in out.iterdir()}
+    record = json.loads((out / "seal_record.json").read_text())
+    assert record["strategy"] == "passage" and record["sequences"] == [f"Zorblax Institute\n{FACT}"]
+    m = record["metrics"]
+    assert m["adapted_accuracy"]["contains"] == 1.0 and m["baseline_accuracy"]["contains"] == 0.0
+    assert set(m["reward"]) >= {"adapted_accuracy", "retention", "baseline_retention", "penalty", "reward"}
+    assert "okonkwo" in seal("ask", "--adapter", "ad", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
+    assert "okonkwo" not in seal("ask", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
+
+
+def test_eval_one_passage(tmp_path, squad_dev):
+    r = seal("eval", "--data", str(squad_dev), "--passages", "1", "--strategies", "passage,implications",
+             "--epochs", "2", "--json", "out.json", cwd=tmp_path)
+    assert "no-adaptation" in r.stdout and "implications" in r.stdout
+    res = json.loads((tmp_path / "out.json").read_text())
+    [row] = res["passages"]
+    assert set(row["arms"]) == {"no-adaptation", "passage", "implications"}
+    assert row["arms"]["implications"]["self_edits"][0].startswith("1.")
+    for arm in ("passage", "implications"):
+        assert set(row["arms"][arm]["accuracy"]) == {"exact_match", "f1", "contains"}
+        assert 0.0 <= row["arms"][arm]["reward"]["retention"] <= 1.0
+    s = res["summary"]
+    assert s["passages"] == 1 and set(s["arms"]) == {"no-adaptation", "passage", "implications"}
+    # Resuming a finished run does no work and keeps the rows.
+    seal("eval", "--data", str(squad_dev), "--passages", "1", "--strategies", "passage,implications",
+         "--epochs", "2", "--json", "out.json", "--resume", cwd=tmp_path)
+    assert json.loads((tmp_path / "out.json").read_text())["passages"] == res["passages"]
