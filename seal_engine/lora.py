@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -22,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from .model import ModelBundle
 from .settings import LoraSettings
+
+T = TypeVar("T")
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -134,9 +137,32 @@ def train_lora(
     data = tokenize(bundle, sequences, cfg.max_seq_length)
     if not data:
         raise AdapterError("nothing to train on: every sequence is empty")
-    config = lora_config(cfg, bundle.model_id)
-    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
+    pad = bundle.tokenizer.pad_token_id
+    return run_peft_training(
+        bundle, lora_config(cfg, bundle.model_id), data, lambda rows: collate(rows, pad),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed, on_step=on_step,
+    )
+
+
+def run_peft_training(
+    bundle: ModelBundle,
+    config: LoraConfig,
+    examples: Sequence[T],
+    collate_fn: Callable[[list[T]], dict[str, torch.Tensor]],
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    init_state: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> TrainedAdapter:
+    """The PEFT training loop shared by the inner loop and policy SFT.
+
+    The seed fixes the LoRA initialisation and the per-epoch shuffles; ``init_state``
+    continues from existing LoRA weights instead. Loss is on labels != -100.
+    """
+    total = -(-len(examples) // batch_size) * epochs
     order_rng = random.Random(seed)
     losses: list[float] = []
     tokens = 0
@@ -145,22 +171,26 @@ def train_lora(
         torch.manual_seed(seed)
         model = _wrap(bundle, config)
         try:
+            if init_state is not None:
+                res = set_peft_model_state_dict(model, init_state)
+                if res.unexpected_keys:
+                    raise AdapterError(f"starting adapter does not fit {bundle.model_id}")
             model.train()
             params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+            opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
             step = 0
-            for _ in range(cfg.epochs):
-                idx = list(range(len(data)))
+            for _ in range(epochs):
+                idx = list(range(len(examples)))
                 order_rng.shuffle(idx)
-                for b in range(0, len(idx), cfg.batch_size):
-                    batch = collate([data[i] for i in idx[b : b + cfg.batch_size]], bundle.tokenizer.pad_token_id)
+                for b in range(0, len(idx), batch_size):
+                    batch = collate_fn([examples[i] for i in idx[b : b + batch_size]])
                     batch = {k: v.to(bundle.device) for k, v in batch.items()}
-                    loss = model(**batch).loss
+                    loss = model(**batch, use_cache=False).loss
                     loss.backward()
                     opt.step()
                     opt.zero_grad(set_to_none=True)
                     step += 1
-                    tokens += int(batch["attention_mask"].sum())
+                    tokens += int((batch["labels"] != -100).sum())
                     losses.append(loss.item())
                     if on_step:
                         on_step(step, total, losses[-1])
@@ -173,7 +203,7 @@ def train_lora(
         state=state,
         seed=seed,
         losses=losses,
-        num_sequences=len(data),
+        num_sequences=len(examples),
         num_tokens=tokens,
         seconds=time.perf_counter() - t0,
     )

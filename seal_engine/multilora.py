@@ -58,6 +58,9 @@ class RowRouting:
     mask: torch.Tensor | None = None  # (batch, K*r) float32
     index: torch.Tensor | None = None  # (batch,) slot per row, 0 where unused
     scale: torch.Tensor | None = None  # (batch,) scaling, 0 for rows without adapter
+    # Changes on every route(): per-module gathered weights are cached for one routing
+    # (rows keep their adapter for a whole generate call, so decode steps reuse them).
+    version: object = None
 
 
 class MultiLoraLinear(nn.Module):
@@ -67,6 +70,7 @@ class MultiLoraLinear(nn.Module):
         self.routing = routing
         self.rank = rank
         self.dropout = dropout
+        self._gather_cache: tuple[object, torch.Tensor, torch.Tensor] | None = None
         dev = base.weight.device
         self.lora_A = nn.Parameter(torch.zeros(slots * rank, base.in_features, device=dev), requires_grad=False)
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, slots * rank, device=dev), requires_grad=False)
@@ -90,9 +94,21 @@ class MultiLoraLinear(nn.Module):
     def _gathered(self, x: torch.Tensor, out: torch.Tensor, index: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Punica-style: each row's own (r x d_in) A and (d_out x r) B, batched matmuls."""
         r, d_in, d_out = self.rank, self.base.in_features, self.base.out_features
-        slots = self.lora_A.shape[0] // r
-        a = self.lora_A.view(slots, r, d_in)[index]  # (batch, r, d_in)
-        b = self.lora_B.view(d_out, slots, r).transpose(0, 1)[index]  # (batch, d_out, r)
+        cache = self._gather_cache
+        if cache is not None and cache[0] is self.routing.version and not torch.is_grad_enabled():
+            a, b = cache[1], cache[2]
+        else:
+            slots = self.lora_A.shape[0] // r
+            a = self.lora_A.view(slots, r, d_in)[index]  # (batch, r, d_in)
+            b = self.lora_B.view(d_out, slots, r).transpose(0, 1)[index]  # (batch, d_out, r)
+            if not torch.is_grad_enabled():
+                # Inference: compute in the activations' dtype, scaling folded into B, reused each step.
+                a = a.to(x.dtype).transpose(1, 2).contiguous()
+                b = (b * scale.view(-1, 1, 1)).to(x.dtype).transpose(1, 2).contiguous()
+                self._gather_cache = (self.routing.version, a, b)
+        if self._gather_cache is not None and a is self._gather_cache[1]:
+            h = torch.bmm(x.reshape(x.shape[0], -1, d_in), a)
+            return out + torch.bmm(h, b).view(*out.shape)
         h = x.to(a.dtype).reshape(x.shape[0], -1, d_in)
         h = torch.bmm(h, a.transpose(1, 2)) * scale.view(-1, 1, 1)
         delta = torch.bmm(h, b.transpose(1, 2)).view(*out.shape)
@@ -129,6 +145,8 @@ class MultiLora:
             parent = root.get_submodule(parent_path) if parent_path else root
             setattr(parent, name, base)
         self.routing.mask = self.routing.index = self.routing.scale = None
+        for mod in self.modules.values():
+            mod._gather_cache = None
 
     # -- adapters in and out -------------------------------------------------
     def load(self, slot: int, adapter: LoraAdapter) -> None:
@@ -147,6 +165,8 @@ class MultiLora:
                     mod.lora_A[cols].copy_(a)
                     mod.lora_B[:, cols].copy_(b)
         self.scaling[slot] = adapter_scaling(adapter)
+        for mod in self.modules.values():
+            mod._gather_cache = None  # weights changed: gathered copies are stale
 
     def export(self, slot: int, config) -> dict[str, torch.Tensor]:
         """PEFT-format state dict of ``slot``."""
@@ -169,6 +189,9 @@ class MultiLora:
         ``gather`` picks the kernel; by default gathers are used for many slots.
         """
         self.routing.mask = self.routing.index = self.routing.scale = None
+        self.routing.version = object()
+        for mod in self.modules.values():
+            mod._gather_cache = None
         if row_slots is None:
             return
         idx = torch.as_tensor(row_slots, dtype=torch.long)

@@ -8,14 +8,11 @@ or from a fresh, seeded LoRA.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Sequence
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from .lora import AdapterError, LoraAdapter, TrainedAdapter, _wrap, lora_config, padded_width
+from .lora import AdapterError, LoraAdapter, TrainedAdapter, lora_config, padded_width, run_peft_training
 from .model import ModelBundle
 from .settings import SFTSettings
 
@@ -85,41 +82,9 @@ def train_sft(
     if not examples:
         raise AdapterError("nothing to fine-tune the policy on (no completion tokens)")
     config = init.config if init is not None else lora_config(cfg.as_lora(), bundle.model_id)
-    rng = random.Random(seed)
-    total = -(-len(examples) // cfg.batch_size) * cfg.epochs
-    losses: list[float] = []
-    tokens = 0
-    t0 = time.perf_counter()
-    with bundle.lock:
-        torch.manual_seed(seed)
-        model = _wrap(bundle, config)
-        try:
-            if init is not None:
-                res = set_peft_model_state_dict(model, init.state)
-                if res.unexpected_keys:
-                    raise AdapterError(f"starting policy does not fit {bundle.model_id}")
-            model.train()
-            params = [p for p in model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
-            step = 0
-            for _ in range(cfg.epochs):
-                idx = list(range(len(examples)))
-                rng.shuffle(idx)
-                for b in range(0, len(idx), cfg.batch_size):
-                    batch = collate_sft([examples[i] for i in idx[b : b + cfg.batch_size]], bundle.tokenizer.pad_token_id)
-                    batch = {k: v.to(bundle.device) for k, v in batch.items()}
-                    loss = model(**batch, use_cache=False).loss
-                    loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                    step += 1
-                    tokens += int((batch["labels"] != IGNORE).sum())
-                    losses.append(loss.item())
-                    if on_step:
-                        on_step(step, total, losses[-1])
-            state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
-        finally:
-            model.eval()
-            model.unload()
-    return TrainedAdapter(config=config, state=state, seed=seed, losses=losses, num_sequences=len(examples),
-                          num_tokens=tokens, seconds=time.perf_counter() - t0)
+    pad = bundle.tokenizer.pad_token_id
+    return run_peft_training(
+        bundle, config, examples, lambda rows: collate_sft(rows, pad),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed,
+        init_state=init.state if init is not None else None, on_step=on_step,
+    )
