@@ -209,26 +209,6 @@ def run_peft_training(
     )
 
 
-def train_adapters(
-    bundle: ModelBundle,
-    training_sets: Sequence[Sequence[str]],
-    cfg: LoraSettings,
-    *,
-    seeds: Sequence[int] | None = None,
-    on_adapter: Callable[[int], None] | None = None,
-) -> list[TrainedAdapter]:
-    """Train one adapter per training set (the shape batched training will keep)."""
-    seeds = list(seeds) if seeds is not None else [cfg.seed] * len(training_sets)
-    if len(seeds) != len(training_sets):
-        raise ValueError("one seed per training set")
-    out = []
-    for i, (seqs, seed) in enumerate(zip(training_sets, seeds)):
-        out.append(train_lora(bundle, seqs, cfg, seed=seed))
-        if on_adapter:
-            on_adapter(i)
-    return out
-
-
 @contextmanager
 def applied_adapter(bundle: ModelBundle, adapter: LoraAdapter | None) -> Iterator[torch.nn.Module]:
     """The base model with ``adapter`` applied (or the bare model for None), under the lock."""

@@ -79,14 +79,3 @@ def grade_answers(
     n = max(len(grades), 1)
     accuracy = {k: sum(g[k] for g in grades) / n for k in names} if grades else {k: 0.0 for k in names}
     return QAResult(list(predictions), grades, accuracy, judge_error)
-
-
-def evaluate_questions(
-    bundle: ModelBundle,
-    questions: Sequence[Question],
-    settings: EngineSettings,
-    adapter: LoraAdapter | None = None,
-    judge: LLMJudge | None = None,
-) -> QAResult:
-    preds = answer_questions(bundle, [q.question for q in questions], settings, adapter)
-    return grade_answers(questions, preds, judge)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from .documents import Document
 from .generation import generate
@@ -11,36 +10,6 @@ from .model import ModelBundle
 from .parsing import build_training_sequences
 from .prompts import Strategy, self_edit_prompt
 from .settings import SamplingSettings
-
-
-def sample_self_edits(
-    bundle: ModelBundle,
-    document: Document,
-    strategy: Strategy | None,
-    k: int,
-    sampling: SamplingSettings,
-    *,
-    seed: int = 0,
-    model=None,
-    on_batch: Callable[[int], None] | None = None,
-) -> tuple[str, list[str]]:
-    """(prompt, k raw self-edits) in one batched generate call. The passage baseline has none."""
-    if strategy is None:
-        return "", []
-    prompt = self_edit_prompt(bundle, strategy, document.title, document.text)
-    outs = generate(
-        bundle,
-        [prompt] * k,
-        max_new_tokens=sampling.max_new_tokens,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        seed=seed,
-        batch_size=max(k, 1),
-        model=model,
-        on_batch=on_batch,
-    )
-    # The forced response prefix is part of what the model "wrote".
-    return prompt, [strategy.response_prefix + o for o in outs]
 
 
 def sample_self_edits_many(

@@ -7,7 +7,6 @@ settings object.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -90,11 +89,6 @@ class EngineSettings(BaseSettings):
     @property
     def model_id(self) -> str:
         return self.model_path.name if self.model_path else DEFAULT_MODEL_ID
-
-
-@lru_cache(maxsize=1)
-def get_engine_settings() -> EngineSettings:
-    return EngineSettings()
 
 
 class SFTSettings(BaseModel):
