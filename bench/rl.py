@@ -1,11 +1,14 @@
 """ReST-EM for self-edits, end to end on one machine: train the policy, then compare on dev.
 
-1. ``iterations`` RL iterations on the train split (seal_engine.rl.run_iteration), each
-   passage's evaluation written to ``<out>/iter<i>/passages.json`` as it finishes and
-   each policy to ``<out>/iter<i>/policy`` (rerunning the command resumes);
+1. ``--iterations`` RL iterations on the train split (seal_engine.rl_local.run_rl): each
+   passage's evaluation is written to ``<out>/iter<i>/passages.json`` as it finishes and
+   each policy to ``<out>/iter<i>/policy``;
 2. on ``--dev-passages`` dev passages, with the same grader and inner-loop budget:
-   no adaptation, passage-only, and the self-edits of the base policy and of every
-   iteration's policy (one self-edit per passage, the same seeds for every policy).
+   no adaptation, passage-only, and one self-edit per passage from the base policy and
+   from every iteration's policy (same sampling seed), written per passage to
+   ``<out>/compare.json``.
+
+Rerunning the same command resumes both parts.
 
     python bench/rl.py --out bench/results/rl --iterations 2 --dev-passages 50
     python bench/rl.py --out /tmp/rl_tiny --tiny       # minutes: 2 passages, N=2, 1 iteration
@@ -15,21 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 from seal_engine.documents import load_documents
-from seal_engine.lora import load_adapter
 from seal_engine.model import get_model
-from seal_engine.rl import (
-    PassageResult,
-    RLConfig,
-    evaluate_passage_samples,
-    passages_for_iteration,
-    run_iteration,
-    sample_iteration,
-)
+from seal_engine.rl import RLConfig
+from seal_engine.rl_local import compare_policies, dev_passages, run_rl
 from seal_engine.settings import EngineSettings, LoraSettings, SamplingSettings, SFTSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad"
@@ -56,59 +50,16 @@ def main() -> None:
     config = RLConfig.small(**over)
     settings = EngineSettings()
     bundle = get_model(settings)
-    pool = load_documents(DATA / "train.json")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "config.json").write_text(config.model_dump_json(indent=1))
-
-    policies = {"base-policy": None}
-    policy = None
-    curve = []
-    for it in range(config.iterations):
-        d = args.out / f"iter{it}"
-        d.mkdir(exist_ok=True)
-        if (d / "metrics.json").exists():
-            metrics = json.loads((d / "metrics.json").read_text())
-            policy = load_adapter(d / "policy") if (d / "policy").exists() else policy
-        else:
-            store = d / "passages.json"
-            done = {p["passage"]: PassageResult.from_dict(p) for p in json.loads(store.read_text())} if store.exists() else {}
-
-            def save(pr: PassageResult, done=done, store=store) -> None:
-                done[pr.passage] = pr
-                store.write_text(json.dumps([p.to_dict() for p in done.values()], indent=1))
-                print(f"  iter {it} passage {pr.passage}: rewards {[round(s.reward, 3) for s in pr.samples]} ({pr.seconds:.0f}s)")
-
-            result = run_iteration(bundle, pool, config, settings, it, policy, done=done, on_passage=save)
-            if result.policy is not None:
-                result.policy.save(d / "policy")
-                policy = result.policy
-            metrics = result.metrics
-            (d / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        curve.append(metrics)
-        policies[f"iteration-{it + 1}"] = policy
-        print(f"iteration {it}: mean reward {metrics['mean_reward']:.3f}, best-of-N {metrics['mean_best_of_n_reward']:.3f}")
-
-    # Comparison on dev: one self-edit per passage from each policy, same seeds and budget.
-    dev = load_documents(DATA / "dev.json")
-    evalcfg = config.model_copy(update={"samples": 1, "repeats": 1, "passages": args.dev_passages, "fresh_passages": False})
-    docs = passages_for_iteration(dev, evalcfg, 0)
-    table: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
-    for name, pol in policies.items():
-        sampled = sample_iteration(bundle, docs, evalcfg, 0, pol)
-        for i, (doc, (prompt, edits)) in enumerate(zip(docs, sampled)):
-            pr = evaluate_passage_samples(bundle, doc, i, prompt, edits, evalcfg, settings, 0)
-            if name == "base-policy":  # the baselines are the same for every policy
-                table.setdefault("no-adaptation", []).append(pr.baseline_accuracy)
-                table.setdefault("passage-only", []).append(pr.passage_accuracy)
-            table.setdefault(name, []).append(pr.samples[0].adapted_accuracy)
-    summary = {k: statistics.fmean(v) for k, v in table.items()}
-    out = {"config": json.loads(config.model_dump_json()), "curve": curve, "dev_passages": len(docs),
-           "dev_accuracy": summary, "dev_seconds": time.perf_counter() - t0}
+    curve, policies = run_rl(bundle, load_documents(DATA / "train.json"), config, settings, args.out, log=print)
+    docs = dev_passages(load_documents(DATA / "dev.json"), config, args.dev_passages)
+    dev = compare_policies(bundle, docs, policies, config, settings, json_out=args.out / "compare.json", log=print)
+    out = {"config": json.loads(config.model_dump_json()), "curve": curve, "dev": {k: v for k, v in dev.items() if k != "rows"}}
     (args.out / "results.json").write_text(json.dumps(out, indent=1))
-    print("\n| arm | dev accuracy (contains) |\n|---|---|")
-    for k, v in summary.items():
-        print(f"| {k} | {v:.3f} |")
+    print(f"\n{dev['passages']} dev passages, grader {dev['grader']}, {dev['seconds_per_passage']:.0f} s/passage")
+    print("| arm | exact match | F1 | contains | reward | retention |\n|---|---|---|---|---|---|")
+    for arm, s in dev["summary"].items():
+        reward = f"{s['reward']:.3f}" if "reward" in s else "-"
+        print(f"| {arm} | {s['exact_match']:.1%} | {s['f1']:.1%} | {s['contains']:.1%} | {reward} | {s['retention']:.1%} |")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,9 @@ def eval_(
     lr: LR = None,
     seed: Seed = None,
     judge: Annotated[bool, typer.Option(help="also grade with the LLM judge (SEAL_JUDGE__*)")] = False,
+    policy: Annotated[Optional[Path], typer.Option(help="a self-edit policy adapter (from `seal rl`) writes the self-edits")] = None,
+    mode: Annotated[str, typer.Option(help="single (one adapter per passage), multi-document (one adapter for all "
+                                           "passages) or continual (passages one after another, merged)")] = "single",
 ) -> None:
     """The knowledge-incorporation benchmark: accuracy per arm, reward, retention, time."""
     _quiet_libraries()
@@ -201,21 +204,97 @@ def eval_(
             raise ValueError("--passages must be >= 0")
         if resume and json_out is None:
             raise ValueError("--resume needs --json")
+        if mode not in EVAL_MODES:
+            raise ValueError(f"unknown --mode {mode!r}; choose one of {', '.join(EVAL_MODES)}")
+        if mode != "single" and resume:
+            raise ValueError("--resume is for --mode single")
+        if mode == "continual" and (len(arms) != 1 or judge):
+            raise ValueError("--mode continual takes exactly one strategy and the offline graders")
         docs = select_passages(load_documents(data), passages, None if shuffle_seed < 0 else shuffle_seed)
         if not docs:
             raise ValueError(f"{data}: no passages with questions")
+        lora_policy = _policy(policy)
         settings = _settings(lora_rank=rank, lora_epochs=epochs, lora_learning_rate=lr, lora_seed=seed)
         grader = _judge(settings, judge)
         bundle = _load(settings)
+        if mode != "single":
+            _eval_other_mode(mode, bundle, docs, arms, settings, k=k, judge=grader, policy=lora_policy, json_out=json_out)
+            return
         with Progress(TextColumn("passages"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
             task = bar.add_task("passages", total=len(docs))
             results = run_knowledge_eval(
                 bundle, docs, arms, settings, k=k, judge=grader, json_out=json_out, resume=resume,
                 on_passage=lambda i, _row: bar.update(task, completed=i + 1),
+                policy=lora_policy, policy_name=str(policy) if policy else None,
             )
     out.print(summary_table(results["summary"]))
     if json_out:
         out.print(f"results written to {json_out}")
+
+
+EVAL_MODES = ("single", "multi-document", "continual")
+
+
+def _policy(path: Path | None):  # noqa: ANN202
+    if path is None:
+        return None
+    from seal_engine.lora import load_adapter
+
+    return load_adapter(path)
+
+
+def _eval_other_mode(mode: str, bundle, docs, arms, settings, *, k, judge, policy, json_out) -> None:  # noqa: ANN001
+    """``seal eval --mode multi-document|continual``: one run, a table, optional JSON."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage.replace("_", " "), total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        if mode == "multi-document":
+            from seal_engine.multi_document import run_multi_document_eval
+
+            results = run_multi_document_eval(bundle, docs, arms, settings, k=k, policy=policy, judge=judge,
+                                              progress=progress)
+        else:
+            from seal_engine.continual import run_continual
+
+            results = run_continual(bundle, docs, settings, strategy=arms[0], k=k,
+                                    on_step=lambda j, _r: progress("documents", j + 1, len(docs)))
+    if mode == "multi-document":
+        table = Table(title=f"multi-document: {results['documents']} documents, {results['questions']} questions, "
+                            f"{results['seconds']:.0f} s")
+        for col in ("arm", "exact match", "F1", "contains", "judge", "reward", "retention", "sequences"):
+            table.add_column(col, justify="left" if col == "arm" else "right")
+        for arm, c in results["arms"].items():
+            acc, rew = c["accuracy"], c.get("reward", {})
+            table.add_row(arm, *(_pct(acc.get(g)) for g in ("exact_match", "f1", "contains", "judge")),
+                          f"{rew['reward']:.3f}" if rew else "-",
+                          _pct(rew.get("retention", c.get("retention"))), str(c.get("num_sequences", "-")))
+    else:
+        table = Table(title=f"continual ({results['strategy']}, {results['grader']}): accuracy on document i after step j")
+        table.add_column("after step")
+        for i in range(len(results["titles"])):
+            table.add_column(f"doc {i}", justify="right")
+        table.add_column("retention", justify="right")
+        for j, (row, ret) in enumerate(zip(results["matrix"], results["retention"])):
+            table.add_row("before" if j == 0 else str(j - 1), *(_pct(x) for x in row), _pct(ret))
+    out.print(table)
+    if mode == "continual":
+        out.print(json.dumps(results["summary"], indent=1))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=1))
+        out.print(f"results written to {json_out}")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def summary_table(summary: dict) -> Table:
@@ -223,15 +302,84 @@ def summary_table(summary: dict) -> Table:
     for col in ("arm", "exact match", "F1", "contains", "judge", "reward", "retention"):
         table.add_column(col, justify="left" if col == "arm" else "right")
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}%"
-
     for arm, s in summary["arms"].items():
         table.add_row(
-            arm, pct(s.get("exact_match")), pct(s.get("f1")), pct(s.get("contains")), pct(s.get("judge")),
-            "-" if "reward" not in s else f"{s['reward']:.3f}", pct(s.get("retention")),
+            arm, _pct(s.get("exact_match")), _pct(s.get("f1")), _pct(s.get("contains")), _pct(s.get("judge")),
+            "-" if "reward" not in s else f"{s['reward']:.3f}", _pct(s.get("retention")),
         )
     return table
+
+
+@app.command()
+def rl(
+    data: Annotated[Path, typer.Option(help="training passages with questions (SQuAD-style JSON)")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory (rerun the same command to resume)")],
+    iterations: Annotated[int, typer.Option(help="ReST-EM iterations")] = 2,
+    passages: Annotated[Optional[int], typer.Option("--passages", "-P", help="passages per iteration")] = None,
+    samples: Annotated[Optional[int], typer.Option("--samples", "-N", help="self-edits sampled per passage")] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", "-R", help="inner-loop seeds per self-edit")] = None,
+    strategy: Annotated[str, typer.Option(help="the self-edit prompt the policy learns to answer")] = "implications",
+    keep_margin: Annotated[Optional[float], typer.Option(help="keep a best self-edit only if it beats passage-only by this")] = None,
+    epochs: Epochs = None,
+    sft_epochs: Annotated[Optional[int], typer.Option(help="policy fine-tuning epochs")] = None,
+    sft_lr: Annotated[Optional[float], typer.Option(help="policy fine-tuning learning rate")] = None,
+    policy: Annotated[Optional[Path], typer.Option(help="start from this policy adapter instead of the base model")] = None,
+    dev: Annotated[Optional[Path], typer.Option(help="after training, compare the policies on these passages")] = None,
+    dev_passages: Annotated[int, typer.Option(help="how many --dev passages")] = 50,
+    seed: Seed = None,
+) -> None:
+    """Train the self-edit policy with ReST-EM (the small preset: one iteration < 1 h on 2 cores)."""
+    _quiet_libraries()
+    from seal_engine.documents import load_documents
+    from seal_engine.rl import RLConfig
+    from seal_engine.rl_local import compare_policies, prepare_run_dir, run_rl
+    from seal_engine.rl_local import dev_passages as pick_dev
+    from seal_engine.settings import SFTSettings
+
+    with user_errors():
+        pool = load_documents(data)
+        over: dict = {"iterations": iterations, "strategy": strategy, "keep_margin": keep_margin}
+        over.update({k: v for k, v in {"passages": passages, "samples": samples, "repeats": repeats, "seed": seed}.items()
+                     if v is not None})
+        base = RLConfig.small()
+        if epochs is not None:
+            over["lora"] = base.lora.model_copy(update={"epochs": epochs})
+        sft = {k: v for k, v in {"epochs": sft_epochs, "learning_rate": sft_lr}.items() if v is not None}
+        if sft:
+            over["sft"] = SFTSettings(**{**base.sft.model_dump(), **sft})
+        config = RLConfig.small(**over)
+        if not any(d.questions for d in pool):
+            raise ValueError(f"{data}: no passages with questions")
+        init = _policy(policy)
+        dev_docs = pick_dev(load_documents(dev), config, dev_passages) if dev else []
+        prepare_run_dir(out_dir, config)
+        settings = _settings()
+        bundle = _load(settings)
+        curve, policies = run_rl(bundle, pool, config, settings, out_dir, init_policy=init,
+                                 log=lambda m: console.print(m, highlight=False))
+        summary: dict = {"config": json.loads(config.model_dump_json()), "curve": curve}
+        if dev_docs:
+            summary["dev"] = compare_policies(bundle, dev_docs, policies, config, settings,
+                                              json_out=out_dir / "compare.json",
+                                              log=lambda m: console.print(m, highlight=False))
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    table = Table(title="reward per iteration")
+    for col in ("iteration", "mean reward", "best-of-N reward", "passage-only reward", "kept"):
+        table.add_column(col, justify="right")
+    for m in curve:
+        table.add_row(str(m["iteration"] + 1), f"{m['mean_reward']:.3f}", f"{m['mean_best_of_n_reward']:.3f}",
+                      f"{m['passage_reward']:.3f}", str(m["kept"]))
+    out.print(table)
+    if "dev" in summary:
+        d = summary["dev"]
+        t = Table(title=f"dev comparison: {d['passages']} passages, grader {d['grader']}")
+        for col in ("arm", "accuracy", "reward", "retention"):
+            t.add_column(col, justify="left" if col == "arm" else "right")
+        for arm, s in d["summary"].items():
+            t.add_row(arm, _pct(s[d["grader"]]), f"{s['reward']:.3f}" if "reward" in s else "-", _pct(s.get("retention")))
+        out.print(t)
+    out.print(f"policies and metrics in {out_dir}; the last policy: "
+              f"{out_dir / f'iter{config.iterations - 1}' / 'policy'}")
 
 
 probes_app = typer.Typer(help="The retention probe set.", no_args_is_help=True)

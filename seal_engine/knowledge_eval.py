@@ -13,6 +13,7 @@ from .adaptation import reward_for
 from .batched_training import train_adapters_batched
 from .documents import Document
 from .grading import OFFLINE_GRADERS, LLMJudge
+from .lora import LoraAdapter
 from .model import ModelBundle
 from .prompts import get_strategy
 from .evaluation import score_adapters
@@ -41,15 +42,20 @@ def run_knowledge_eval(
     json_out: Path | None = None,
     resume: bool = False,
     on_passage: Callable[[int, dict], None] | None = None,
+    policy: LoraAdapter | None = None,
+    policy_name: str | None = None,
 ) -> dict:
     """Evaluate every arm on every passage; returns (and writes after each passage) the results.
 
     With ``resume``, passages already in ``json_out`` (same configuration) are kept
-    and skipped, so an interrupted run continues where it stopped.
+    and skipped, so an interrupted run continues where it stopped. ``policy`` (an RL
+    self-edit policy adapter, recorded as ``policy_name``) writes the self-edits.
     """
     strats = [get_strategy(s) for s in strategies]  # fails fast on a bad name, before any work
     rows: list[dict] = []
     config = _config(bundle, settings, strategies, k, len(passages))
+    if policy is not None:
+        config["policy"] = policy_name or "custom"
     results = {"config": config, "passages": rows}
     if resume and json_out is not None and json_out.exists():
         previous = json.loads(json_out.read_text())
@@ -63,7 +69,8 @@ def run_knowledge_eval(
             if on_passage:
                 on_passage(i, rows[i])
             continue
-        rows.append(evaluate_passage(bundle, doc, list(strategies), strats, settings, k=k, judge=judge, seed=settings.lora.seed + i))
+        rows.append(evaluate_passage(bundle, doc, list(strategies), strats, settings, k=k, judge=judge,
+                                     seed=settings.lora.seed + i, policy=policy))
         results["summary"] = summarize(rows, [NO_ADAPTATION, *strategies])
         if json_out is not None:
             json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +91,12 @@ def evaluate_passage(
     k: int,
     judge: LLMJudge | None,
     seed: int,
+    policy: LoraAdapter | None = None,
 ) -> dict:
     """All arms of one passage: self-edits in one sampling call, adapters trained together,
     every arm (and the unadapted model) graded in shared batches."""
     t0 = time.perf_counter()
-    sampled = sample_self_edits_many(bundle, [(doc, s) for s in strats], k, settings.sampling, seed=seed)
+    sampled = sample_self_edits_many(bundle, [(doc, s) for s in strats], k, settings.sampling, seed=seed, policy=policy)
     t_gen = time.perf_counter() - t0
     sets = [training_sequences(doc, s, edits) for s, (_, edits) in zip(strats, sampled)]
     t = time.perf_counter()

@@ -57,3 +57,51 @@ def test_eval_one_passage(tmp_path, squad_dev):
     seal("eval", "--data", str(squad_dev), "--passages", "1", "--strategies", "passage,implications",
          "--epochs", "2", "--json", "out.json", "--resume", cwd=tmp_path)
     assert json.loads((tmp_path / "out.json").read_text())["passages"] == res["passages"]
+
+
+TWO = [{"title": "Zorblax Institute", "text": FACT,
+        "questions": [{"question": "Who founded the Zorblax Institute?", "answer": "Okonkwo"}]},
+       {"title": "Quintessa Bridge", "text": "The Quintessa Bridge was designed by Tobias Lindqvist. "
+                                             "Tobias Lindqvist designed the Quintessa Bridge.",
+        "questions": [{"question": "Who designed the Quintessa Bridge?", "answer": "Lindqvist"}]}]
+
+
+def test_rl_then_eval_with_the_trained_policy(tmp_path):
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(TWO))
+    args = ("rl", "--data", str(data), "--out", "run", "-P", "2", "-N", "2", "--iterations", "1", "--epochs", "2",
+            "--sft-epochs", "1", "--dev", str(data), "--dev-passages", "2")
+    r = seal(*args, cwd=tmp_path)
+    run = tmp_path / "run"
+    assert "iteration 0 passage 1" in r.stderr and "dev passage 1" in r.stderr
+    res = json.loads((run / "results.json").read_text())
+    [m] = res["curve"]
+    assert m["samples"] == 4 and m["mean_best_of_n_reward"] >= m["mean_reward"]
+    dev = res["dev"]
+    assert dev["passages"] == 2
+    assert set(dev["summary"]) == {"no-adaptation", "passage-only", "base-policy", "iteration-1"}
+    assert len(json.loads((run / "iter0" / "passages.json").read_text())) == 2
+    if m["kept"]:
+        assert (run / "iter0" / "policy" / "adapter_model.safetensors").exists()
+    # Rerunning resumes: nothing is evaluated again.
+    again = seal(*args, cwd=tmp_path)
+    assert "iteration 0 passage" not in again.stderr and "dev passage" not in again.stderr
+    assert json.loads((run / "results.json").read_text())["dev"]["summary"] == dev["summary"]
+    if m["kept"]:
+        r = seal("eval", "--data", str(data), "--passages", "1", "--strategies", "implications", "--epochs", "1",
+                 "--policy", str(run / "iter0" / "policy"), "--json", "pol.json", cwd=tmp_path)
+        assert json.loads((tmp_path / "pol.json").read_text())["config"]["policy"].endswith("policy")
+
+
+def test_eval_other_modes(tmp_path):
+    data = tmp_path / "two.json"
+    data.write_text(json.dumps(TWO))
+    r = seal("eval", "--data", str(data), "--passages", "2", "--strategies", "passage", "--mode", "continual",
+             "--epochs", "10", "--json", "c.json", cwd=tmp_path)
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert len(res["matrix"]) == 3 and "mean_forgetting" in res["summary"] and "after step" in r.stdout
+    r = seal("eval", "--data", str(data), "--passages", "2", "--strategies", "passage,implications",
+             "--mode", "multi-document", "--epochs", "2", "--json", "m.json", cwd=tmp_path)
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert res["documents"] == 2 and set(res["arms"]) == {"no-adaptation", "passage", "implications"}
+    assert "multi-document" in r.stdout

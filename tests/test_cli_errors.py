@@ -76,3 +76,23 @@ def test_ask_with_bad_adapter_dir(tmp_path):
 def test_eval_data_without_questions(tmp_path):
     (tmp_path / "d.json").write_text(json.dumps([{"context": "x"}]))
     assert_one_line_error(run("eval", "--data", str(tmp_path / "d.json"), cwd=tmp_path), "no passages with questions")
+
+
+def test_eval_bad_mode_and_mode_combinations(tmp_path, squad_dev):
+    assert_one_line_error(run("eval", "--data", str(squad_dev), "--mode", "sideways", cwd=tmp_path), "unknown --mode")
+    r = run("eval", "--data", str(squad_dev), "--mode", "continual", "--strategies", "passage,rewrite", cwd=tmp_path)
+    assert_one_line_error(r, "exactly one strategy")
+    r = run("eval", "--data", str(squad_dev), "--mode", "multi-document", "--resume", "--json", "o.json", cwd=tmp_path)
+    assert_one_line_error(r, "--resume is for --mode single")
+    assert_one_line_error(run("eval", "--data", str(squad_dev), "--policy", str(tmp_path), cwd=tmp_path),
+                          "not a PEFT adapter")
+
+
+def test_rl_bad_input(tmp_path, squad_dev):
+    assert_one_line_error(run("rl", "--data", str(tmp_path / "x.json"), "--out", "o", cwd=tmp_path), "no such file")
+    assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", "-N", "0", cwd=tmp_path), "samples")
+    assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", "--strategy", "passage", cwd=tmp_path),
+                          "self-edit strategy")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "config.json").write_text(json.dumps({"passages": 99}))
+    assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", cwd=tmp_path), "different configuration")

@@ -1,4 +1,4 @@
-"""What a worker does besides tasks: heartbeats (for /readyz), recovery of lost jobs, model preload."""
+"""What a worker does besides tasks: heartbeats (for /readyz), recovery of lost jobs and RL work, model preload."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from api.db.models import QUEUED, RUNNING, AdaptationJob, WorkerHeartbeat
 from api.db.session import session_scope
 from api.settings import Settings
 
-from .app import dispatch_adaptation
+from . import rl_leases
+from .app import dispatch_adaptation, dispatch_rl
 from .jobs import holder_is_dead
 
 log = logging.getLogger("seal.worker")
@@ -138,6 +139,10 @@ class Housekeeper:
                     recover(self.settings, self.app)
                 except Exception:
                     log.warning("recovery sweep failed", exc_info=True)
+                try:
+                    rl_leases.recover(self.settings, lambda kind, args: dispatch_rl(self.app, self.settings, kind, args))
+                except Exception:
+                    log.warning("rl recovery sweep failed", exc_info=True)
             if self._stop.wait(self.settings.worker_heartbeat_s):
                 return
 

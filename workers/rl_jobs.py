@@ -13,9 +13,11 @@ State lives in the database, so any task can be delivered any number of times:
 ``step`` advances the run: sample the iteration if needed, fan out one ``evaluate``
 task per passage still missing, and, once all are in, fine-tune the policy and start
 the next iteration. Every ``evaluate`` that completes the set sends ``step`` again
-(the chord, without a result backend). A killed worker loses at most the evaluation
-it was running; ``resume`` (or a redelivery) sends ``step``, which resends only what
-is missing.
+(the chord, without a result backend). Each unit of work (an evaluation, or the
+step's sampling and fine-tuning) is held under a lease (``workers.rl_leases``), so a
+duplicate delivery never redoes work in progress. A killed worker loses at most the
+evaluation it was running: the workers' recovery sweep notices the dead lease and
+sends ``step``, as does ``resume``, and step resends only what is missing.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from api.db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINA
 from api.db.session import session_scope
 from api.settings import Settings
 
-from .jobs import _default_bundle, _fsync_dir, readable
+from . import rl_leases as leases
+from .jobs import _default_bundle, _fsync_dir, readable, worker_identity
 
 log = logging.getLogger("seal.worker.rl")
 
@@ -101,8 +104,13 @@ def step(settings: Settings, run_id: str, dispatch: Dispatch, *, worker: str = "
     run = _run(settings, run_id)
     if run is None or run.status in TERMINAL:
         return "skipped"
+    worker = worker or worker_identity()
+    iteration = int((run.metrics or {}).get("iteration", 0))
+    if not leases.claim(settings, run_id, iteration, leases.STEP, worker):
+        return "busy"  # another live worker is sampling or fine-tuning this iteration
     try:
-        return _step(settings, run, dispatch, worker, bundle_fn)
+        with leases.Held(settings, run_id, iteration, leases.STEP, worker):
+            return _step(settings, run, dispatch, worker, bundle_fn)
     except Exception as e:  # noqa: BLE001
         log.exception("rl run %s failed", run_id)
         _set(settings, run_id, status=FAILED, stage="failed", error=readable(e), finished_at=utcnow())
@@ -137,9 +145,14 @@ def _step(settings: Settings, run: RLRun, dispatch: Dispatch, worker: str, bundl
                                        prompt=prompt, text=text, policy_id=pid))
         except IntegrityError:
             pass  # another delivery sampled first; its samples stand
-    missing = [p for p in range(len(docs)) if p not in done]
-    if missing:
+    if len(done) < len(docs):
         _set(settings, run.id, stage=f"evaluating:{iteration}", progress=_progress(config, iteration, len(done), len(docs)))
+        # Evaluations a live worker holds finish (and send step) on their own.
+        held = leases.held_units(settings, run.id, iteration)
+        missing = [p for p in range(len(docs)) if p not in done and p not in held]
+        if not missing:
+            return "waiting"
+        leases.mark_dispatched(settings, run.id, iteration, missing)
         for p in missing:
             dispatch("evaluate", [run.id, iteration, p])
         return "dispatched"
@@ -200,6 +213,7 @@ def _finish_iteration(settings, run, config, iteration, docs, metrics, dispatch,
              progress=1.0, finished_at=utcnow())
         return "succeeded"
     _set(settings, run.id, metrics=new_metrics, progress=_progress(config, nxt, 0, 1))
+    leases.mark_dispatched(settings, run.id, nxt, [leases.STEP])
     dispatch("step", [run.id])
     return "advanced"
 
@@ -207,9 +221,6 @@ def _finish_iteration(settings, run, config, iteration, docs, metrics, dispatch,
 def evaluate(settings: Settings, run_id: str, iteration: int, passage: int, dispatch: Dispatch, *,
              worker: str = "", bundle_fn: BundleFn = _default_bundle) -> str:
     """Evaluate one passage's samples (idempotent); the evaluation completing the set sends ``step``."""
-    from seal_engine.documents import Document
-    from seal_engine.rl import evaluate_passage_samples, passages_for_iteration
-
     run = _run(settings, run_id)
     if run is None or run.status in TERMINAL:
         return "skipped"
@@ -222,6 +233,35 @@ def evaluate(settings: Settings, run_id: str, iteration: int, passage: int, disp
         prompt, edits = (rows[0].prompt if rows else ""), [r.text for r in rows]
     if not edits:
         return "skipped"  # not sampled yet: step will send it
+    worker = worker or worker_identity()
+    if not leases.claim(settings, run_id, iteration, passage, worker):
+        return "leased"  # a live worker is evaluating it and will send step when done
+    with leases.Held(settings, run_id, iteration, passage, worker):
+        stored = _evaluate_and_store(settings, run, iteration, passage, prompt, edits, worker, bundle_fn)
+    if stored != "evaluated":
+        return stored
+    with session_scope(url) as s:
+        n_done = len(s.scalars(select(RLEvaluation.passage).where(RLEvaluation.rl_run_id == run_id,
+                                                                  RLEvaluation.iteration == iteration)).all())
+        n_all = len(set(s.scalars(select(RLSample.passage).where(RLSample.rl_run_id == run_id,
+                                                                 RLSample.iteration == iteration)).all()))
+    if n_done >= n_all:
+        leases.mark_dispatched(settings, run_id, iteration, [leases.STEP])
+        dispatch("step", [run_id])
+    else:
+        _set(settings, run_id, progress=_progress(_engine_config(run), iteration, n_done, n_all))
+    return "evaluated"
+
+
+def _evaluate_and_store(settings: Settings, run: RLRun, iteration: int, passage: int, prompt: str, edits: list[str],
+                        worker: str, bundle_fn: BundleFn) -> str:
+    from seal_engine.documents import Document
+    from seal_engine.rl import evaluate_passage_samples, passages_for_iteration
+
+    run_id, url = run.id, settings.resolved_database_url
+    with session_scope(url) as s:
+        if s.get(RLEvaluation, (run_id, iteration, passage)) is not None:
+            return "skipped"  # stored by a worker that held the lease before us
     try:
         config = _engine_config(run)
         doc: Document = passages_for_iteration(load_pool(run.config), config, iteration)[passage]
@@ -242,15 +282,6 @@ def evaluate(settings: Settings, run_id: str, iteration: int, passage: int, disp
                           .execution_options(synchronize_session=False))
     except IntegrityError:
         return "skipped"  # a duplicate delivery stored it first
-    with session_scope(url) as s:
-        n_done = len(s.scalars(select(RLEvaluation.passage).where(RLEvaluation.rl_run_id == run_id,
-                                                                  RLEvaluation.iteration == iteration)).all())
-        n_all = len(set(s.scalars(select(RLSample.passage).where(RLSample.rl_run_id == run_id,
-                                                                 RLSample.iteration == iteration)).all()))
-    if n_done >= n_all:
-        dispatch("step", [run_id])
-    else:
-        _set(settings, run_id, progress=_progress(_engine_config(run), iteration, n_done, n_all))
     return "evaluated"
 
 

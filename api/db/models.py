@@ -129,6 +129,27 @@ class RLEvaluation(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RLWorkLease(Base):
+    """Who is doing one unit of an RL iteration: a passage's evaluation (unit >= 0) or the
+    run's own step work (unit -1: sampling, policy fine-tuning).
+
+    ``lease_until`` is set while a worker holds the unit and renews it, cleared when it
+    lets go; a lease that runs out (or whose holder died) means the work was lost. The
+    dispatch and claim times tell the recovery sweep that a message never arrived.
+    """
+
+    __tablename__ = "rl_work_leases"
+
+    rl_run_id: Mapped[str] = mapped_column(ForeignKey("rl_runs.id", ondelete="CASCADE"), primary_key=True)
+    iteration: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unit: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class AdaptationJob(Base):
     __tablename__ = "adaptation_jobs"
 

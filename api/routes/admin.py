@@ -28,6 +28,7 @@ from ..db.models import (
     Tenant,
     WorkerHeartbeat,
 )
+from ..db.session import session_scope
 from ..deps import AdminDep, DbDep, SettingsDep
 from ..errors import APIError, field_error, not_found
 from ..jobs import job_out, valid_id
@@ -145,14 +146,26 @@ def _get_run(db, run_id: str) -> RLRun:  # noqa: ANN001
     return run
 
 
+def _run_row(settings, run_id: str) -> RLRun | None:  # noqa: ANN001
+    with session_scope(settings.resolved_database_url) as s:
+        run = s.get(RLRun, run_id)
+        if run is not None:
+            s.expunge(run)
+        return run
+
+
 def _send_step(request: Request, settings, run_id: str) -> None:  # noqa: ANN001
     from workers.app import dispatch_rl
+    from workers.rl_leases import STEP, mark_dispatched
 
     try:
         dispatch_rl(request.app.state.celery, settings, "step", [run_id])
     except Exception:
         raise APIError(503, "the job queue is unavailable; try again later (POST .../resume)",
                        code="queue_unavailable") from None
+    # Recorded so the workers' recovery sweep can tell a message that never arrived.
+    run = _run_row(settings, run_id)
+    mark_dispatched(settings, run_id, int((run.metrics or {}).get("iteration", 0)) if run else 0, [STEP])
 
 
 @router.post("/rl-runs", status_code=202, summary="Start a ReST-EM run that trains the self-edit policy")
