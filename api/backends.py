@@ -127,7 +127,9 @@ def _check_fits(bundle: Any, adapter: LoraAdapter) -> None:
         raise ValueError("the adapter has no LoRA weights")
     for path in paths:
         try:
-            module = bundle.model.get_submodule(path)
+            # Under the model's lock: the decoding thread wraps these layers while it runs a step.
+            with bundle.lock:
+                module = bundle.model.get_submodule(path)
         except AttributeError:
             raise ValueError(f"the base model has no module {path!r}") from None
         if not isinstance(module, nn.Linear):

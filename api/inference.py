@@ -1,10 +1,12 @@
 """Inference for the OpenAI-compatible endpoints.
 
-The service calls only ``seal_engine.serving`` (``complete``, ``stream_completion``,
-``chat_prompt``, ``AdapterCache``); how rows are decoded together is the engine's job.
-What lives here is request coalescing: completion requests that arrive within
-``batch_window_ms`` of each other are handed to one ``complete`` call, which batches
-those that share an adapter. Model work runs in a thread, never on the event loop.
+The service calls only ``seal_engine.serving``; how rows are decoded together is the
+engine's job. By default every request joins one running batch (continuous batching:
+``seal_engine.continuous.ContinuousBatcher``, whose decoding thread admits new rows
+between steps and streams tokens as they are produced); the asyncio side only waits
+on its futures and streams. With a custom ``complete_fn`` (tests, or an engine without
+step-level batching), :class:`CompletionBatcher` instead coalesces requests that arrive
+within ``batch_window_ms`` into one call. Model work never runs on the event loop.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seal_engine import serving
+from seal_engine.continuous import ContinuousBatcher
 from seal_engine.lora import LoraAdapter
 from seal_engine.model import ModelBundle, get_model
 from seal_engine.serving import Completion, CompletionRequest
@@ -123,15 +126,18 @@ class CompletionBatcher:
 
 
 class InferenceService:
-    """The base model (loaded on first use), the adapter LRU and the batcher of one API process."""
+    """The base model (loaded on first use), the adapter LRU and the running batch of one API process."""
 
     def __init__(self, settings: Settings, complete_fn: CompleteFn | None = None) -> None:
         self.settings = settings
         self.adapters = serving.AdapterCache(settings.adapter_cache_size)
-        self._complete = complete_fn or serving.complete
+        self._complete = complete_fn
         self._bundle: ModelBundle | None = None
         self._bundle_lock = threading.Lock()
-        self.batcher = CompletionBatcher(self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch_size)
+        self._engine: ContinuousBatcher | None = None
+        self._engine_lock = threading.Lock()
+        self.batcher = (CompletionBatcher(self._run_batch, settings.batch_window_ms / 1000.0, settings.max_batch_size)
+                        if complete_fn is not None else None)
 
     # --- model and adapters (blocking: call from a thread) ---------------------------------
     def bundle(self) -> ModelBundle:
@@ -158,7 +164,17 @@ class InferenceService:
     def evict(self, directory: str | Path) -> None:
         self.adapters.evict(directory)
 
+    def engine(self) -> ContinuousBatcher:
+        """The running batch (its decoding thread starts with the first request)."""
+        if self._engine is None:
+            bundle = self.bundle()
+            with self._engine_lock:
+                if self._engine is None:
+                    self._engine = ContinuousBatcher(bundle, max_rows=self.settings.max_batch_size)
+        return self._engine
+
     def _run_batch(self, requests: list[CompletionRequest]) -> list[list[Completion]]:
+        assert self._complete is not None
         return self._complete(self.bundle(), requests)
 
     # --- async API ---------------------------------------------------------------------------
@@ -170,25 +186,36 @@ class InferenceService:
     async def get_adapter(self, directory: str | Path) -> LoraAdapter:
         return await asyncio.to_thread(self.adapter, directory)
 
+    async def get_engine(self) -> ContinuousBatcher:
+        if self._engine is not None:
+            return self._engine
+        return await asyncio.to_thread(self.engine)
+
     async def complete(self, request: CompletionRequest) -> list[Completion]:
-        return await self.batcher.submit(request)
+        if self.batcher is not None:
+            return await self.batcher.submit(request)
+        engine = await self.get_engine()
+        return await asyncio.wrap_future(serving.submit(engine, request))
 
     async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
-        """Text deltas of one completion; the decoding runs in a thread."""
+        """Text deltas of one completion as its row in the running batch produces them."""
         bundle = await self.get_bundle()
+        engine = await self.get_engine()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
         stop = threading.Event()
 
         def produce() -> None:
+            deltas = serving.stream_completion(bundle, request, engine)
             try:
-                for delta in serving.stream_completion(bundle, request):
+                for delta in deltas:
                     loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))
                     if stop.is_set():
                         break
             except BaseException as e:  # handed to the consumer
                 loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
             finally:
+                deltas.close()  # a consumer that left takes its row out of the batch
                 loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
 
         thread = threading.Thread(target=produce, name="seal-stream", daemon=True)
@@ -206,7 +233,11 @@ class InferenceService:
             stop.set()
 
     async def start(self) -> None:
-        self.batcher.start()
+        if self.batcher is not None:
+            self.batcher.start()
 
     async def stop(self) -> None:
-        await self.batcher.stop()
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.close)

@@ -55,10 +55,27 @@ def store_document(db: Session, tenant: str, doc: DocumentIn) -> Document:
     return row
 
 
-def promoted_policy(db: Session, base_model: str) -> PolicyCheckpoint | None:
+RECIPE_PREFIX = "recipe-"
+
+
+def policy_family(strategy: str) -> str:
+    """Policies write either document self-edits ("knowledge") or task recipes ("recipe-text",
+    "recipe-arc"); one checkpoint per base model and family can be promoted."""
+    return strategy if strategy.startswith(RECIPE_PREFIX) else "knowledge"
+
+
+def same_family(strategy: str):  # noqa: ANN201
+    """SQL condition: a checkpoint of ``strategy``'s family."""
+    family = policy_family(strategy)
+    if family == "knowledge":
+        return PolicyCheckpoint.strategy.not_like(f"{RECIPE_PREFIX}%")
+    return PolicyCheckpoint.strategy == family
+
+
+def promoted_policy(db: Session, base_model: str, family: str = "knowledge") -> PolicyCheckpoint | None:
     return db.scalar(
         select(PolicyCheckpoint)
-        .where(PolicyCheckpoint.base_model == base_model, PolicyCheckpoint.promoted.is_(True))
+        .where(PolicyCheckpoint.base_model == base_model, PolicyCheckpoint.promoted.is_(True), same_family(family))
         .order_by(PolicyCheckpoint.promoted_at.desc())
         .limit(1)
     )

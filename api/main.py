@@ -18,7 +18,7 @@ from .db.migrate import upgrade_head
 from .db.session import session_factory
 from .inference import InferenceService
 from .middleware import BodySizeLimit
-from .routes import adaptations, admin, completions, documents, health, lora_adapters, models
+from .routes import adaptations, admin, completions, documents, health, lora_adapters, models, tasks
 from .routes.lora_adapters import RuntimeLoras
 from .settings import Settings, get_settings
 
@@ -65,6 +65,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime_loras = RuntimeLoras()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for module in (health, adaptations, documents, models, completions, lora_adapters, admin):
+    for module in (health, adaptations, tasks, documents, models, completions, lora_adapters, admin):
         app.include_router(module.router)
     return app

@@ -25,13 +25,14 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from .adaptation import reward_for
 from .batched_training import train_adapters_batched
 from .documents import Document
+from .fewshot.settings import FewShotSettings
 from .evaluation import score_adapters
 from .grading import LLMJudge
 from .lora import LoraAdapter, TrainedAdapter
@@ -43,8 +44,15 @@ from .sft import train_sft
 
 
 class RLConfig(BaseModel):
-    """Everything that defines an RL run (stored with it, so a resume uses the same)."""
+    """Everything that defines an RL run (stored with it, so a resume uses the same).
 
+    ``task`` picks what the policy learns to write: ``knowledge`` (self-edits of
+    passages, graded by closed-book questions) or, for few-shot task adaptation, ``text``
+    or ``arc`` (training recipes, graded by the adapted model on held-out examples; see
+    :mod:`seal_engine.fewshot.rl_hooks`). For tasks, a "passage" below is a task.
+    """
+
+    task: Literal["knowledge", "text", "arc"] = "knowledge"
     passages: int = Field(8, ge=1, le=10000, description="P: passages per iteration")
     samples: int = Field(4, ge=1, le=64, description="N: self-edits sampled per passage")
     repeats: int = Field(1, ge=1, le=16, description="R: inner-loop trainings per self-edit (different seeds)")
@@ -65,14 +73,23 @@ class RLConfig(BaseModel):
     # "stack": each iteration continues training the previous policy LoRA; "fresh": a new
     # LoRA from the base model on this iteration's kept pairs.
     policy_init: str = Field("stack", pattern="^(stack|fresh)$")
+    # Few-shot tasks: test-time training, recipe bounds and budget, recipe sampling.
+    fewshot: FewShotSettings = Field(default_factory=FewShotSettings)
     seed: int = 0
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
-        get_strategy(self.strategy, self.template)  # UnknownStrategyError is a ValueError -> 422
-        if self.strategy == "passage":
-            raise ValueError("RL needs a self-edit strategy, not the passage-only baseline")
+        if not self.is_task:
+            get_strategy(self.strategy, self.template)  # UnknownStrategyError is a ValueError -> 422
+            if self.strategy == "passage":
+                raise ValueError("RL needs a self-edit strategy, not the passage-only baseline")
+        elif self.repeats != 1:
+            raise ValueError("few-shot task runs train each recipe once (repeats = 1)")
         return self
+
+    @property
+    def is_task(self) -> bool:
+        return self.task != "knowledge"
 
     @classmethod
     def small(cls, **overrides: Any) -> RLConfig:
@@ -117,6 +134,11 @@ class PassageResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> PassageResult:
+        """Reads knowledge and task results alike (task samples carry extra fields)."""
+        if any("recipe" in s or "error" in s for s in d.get("samples", [])):
+            from .fewshot.rl_hooks import task_result_from_dict
+
+            return task_result_from_dict(d)
         d = dict(d)
         d["samples"] = [SampleResult(**s) for s in d.get("samples", [])]
         return cls(**d)
@@ -131,15 +153,21 @@ class IterationResult:
     metrics: dict
 
 
-def passages_for_iteration(pool: Sequence[Document], config: RLConfig, iteration: int) -> list[Document]:
-    """The P passages (with questions) of ``iteration``, from a seeded shuffle of ``pool``."""
-    docs = [d for d in pool if d.questions]
+def passages_for_iteration(pool: Sequence[Any], config: RLConfig, iteration: int) -> list[Any]:
+    """The P passages (with questions) or tasks (with held-out outputs) of ``iteration``,
+    from a seeded shuffle of ``pool``."""
+    if config.is_task:
+        from .task_datasets import gradable
+
+        docs = [t for t in pool if gradable(t)]
+    else:
+        docs = [d for d in pool if d.questions]
     random.Random(config.seed).shuffle(docs)
     if not docs:
         return []
     start = (iteration * config.passages) % len(docs) if config.fresh_passages else 0
     chosen = (docs[start:] + docs[:start])[: config.passages]
-    if config.max_questions:
+    if config.max_questions and not config.is_task:
         chosen = [Document(d.text, d.title, d.questions[: config.max_questions]) for d in chosen]
     return chosen
 
@@ -160,6 +188,11 @@ def sample_iteration(
     policy: LoraAdapter | None,
 ) -> list[tuple[str, list[str]]]:
     """(prompt, N self-edits) per passage, written by ``policy`` (None: the base model)."""
+    if config.is_task:
+        from .fewshot.rl_hooks import sample_task_recipes
+
+        return sample_task_recipes(bundle, passages, config.samples, config.fewshot,
+                                   seed=sample_seed(config, iteration), policy=policy)
     strat = get_strategy(config.strategy, config.template)
     return sample_self_edits_many(bundle, [(d, strat) for d in passages], config.samples, config.sampling,
                                   seed=sample_seed(config, iteration), policy=policy)
@@ -177,7 +210,15 @@ def evaluate_passage_samples(
     *,
     judge: LLMJudge | None = None,
 ) -> PassageResult:
-    """Rewards of one passage's self-edits (and its baselines); all LoRAs train and grade together."""
+    """Rewards of one passage's self-edits (and its baselines); all LoRAs train and grade together.
+
+    For a few-shot task: its recipes executed and graded on held-out examples (baseline =
+    in-context only, "passage" = the fixed default recipe)."""
+    if config.is_task:
+        from .fewshot.rl_hooks import evaluate_task_recipes
+
+        return evaluate_task_recipes(bundle, doc, passage_index, prompt, edits, config.fewshot,
+                                     seed=candidate_seed(config, iteration, passage_index, 0, 0))
     t0 = time.perf_counter()
     settings = config.engine_settings(settings)
     strat = get_strategy(config.strategy, config.template)
@@ -214,14 +255,19 @@ def evaluate_passage_samples(
     return result
 
 
-def select_best(results: Sequence[PassageResult], keep_margin: float | None = None) -> list[SampleResult]:
+def select_best(results: Sequence[PassageResult], keep_margin: float | None = None,
+                *, successful_only: bool = False) -> list[SampleResult]:
     """The best sample of each passage (first on ties); with a margin, only those beating
-    the passage-only reward by at least ``keep_margin``."""
+    the passage-only reward by at least ``keep_margin``. ``successful_only`` (few-shot
+    tasks, as in ReST-EM) keeps only recipes that ran and earned a reward above 0."""
     kept = []
     for pr in results:
-        if not pr.samples:
+        samples = pr.samples
+        if successful_only:
+            samples = [s for s in samples if s.reward > 0 and getattr(s, "error", None) is None]
+        if not samples:
             continue
-        best = max(pr.samples, key=lambda s: (s.reward, -s.sample))
+        best = max(samples, key=lambda s: (s.reward, -s.sample))
         if keep_margin is not None and best.reward < pr.passage_reward + keep_margin:
             continue
         kept.append(best)
@@ -244,8 +290,11 @@ def train_policy(
     """
     if not kept:
         return None
-    strat = get_strategy(config.strategy, config.template)
-    prefix = strat.response_prefix if strat else ""
+    if config.is_task:
+        from .fewshot.prompts import RESPONSE_PREFIX as prefix
+    else:
+        strat = get_strategy(config.strategy, config.template)
+        prefix = strat.response_prefix if strat else ""
     pairs = [(p, t[len(prefix):] if prefix and t.startswith(prefix) else t) for p, t in kept]
     init = policy if config.policy_init == "stack" else None
     return train_sft(bundle, pairs, config.sft, init=init, seed=config.sft.seed + iteration, on_step=on_step)
@@ -299,7 +348,7 @@ def run_iteration(
             if on_passage:
                 on_passage(done[i])
         results.append(done[i])
-    kept = select_best(results, config.keep_margin)
+    kept = select_best(results, config.keep_margin, successful_only=config.is_task)
     t = time.perf_counter()
     new_policy = train_policy(bundle, [(s.prompt, s.text) for s in kept], config, policy, iteration)
     metrics = iteration_metrics(results, kept)

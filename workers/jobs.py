@@ -108,6 +108,8 @@ def readable(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     from seal_engine.documents import DocumentError
+    from seal_engine.fewshot.arc import TaskError
+    from seal_engine.fewshot.recipes import RecipeError
     from seal_engine.lora import AdapterError
     from seal_engine.model import ModelNotFoundError
     from seal_engine.prompts import UnknownStrategyError
@@ -115,7 +117,8 @@ def readable(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         msg = "invalid settings: " + "; ".join(
             f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-    elif isinstance(exc, (JobError, DocumentError, AdapterError, ModelNotFoundError, UnknownStrategyError)):
+    elif isinstance(exc, (JobError, DocumentError, AdapterError, ModelNotFoundError, UnknownStrategyError,
+                          TaskError, RecipeError)):
         msg = str(exc)
     elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         msg = f"out of memory: {exc}"
@@ -147,6 +150,7 @@ class JobSpec:
     adapter_id: str
     attempts: int
     documents: list[tuple[str, str, str]] = field(default_factory=list)  # (id, title, text)
+    task: dict[str, Any] | None = None  # a few-shot task job: {"task": {...}, "recipe"?: {...}}
 
 
 def _claimable(now):  # noqa: ANN001, ANN202
@@ -233,6 +237,7 @@ def _spec(s, job_id: str) -> JobSpec:  # noqa: ANN001
         template=job.template, policy_id=job.policy_id, policy_path=policy_path, num_self_edits=job.num_self_edits,
         lora=dict(job.lora or {}), eval_questions=list(job.eval_questions or []), seed=job.seed,
         adapter_id=job.adapter_id, attempts=job.attempts, documents=[tuple(d) for d in docs],
+        task=dict(job.task) if job.task else None,
     )
 
 
@@ -401,9 +406,9 @@ def register(settings: Settings, spec: JobSpec, worker: str, produced: Produced,
         s.execute(delete(SelfEdit).where(SelfEdit.job_id == spec.id))
         k = max(spec.num_self_edits, 1)
         for i, text in enumerate(produced.self_edits):
-            doc_index = min(i // k, len(spec.documents) - 1)
+            doc_index = min(i // k, len(spec.documents) - 1)  # -1 for a task job (no documents)
             s.add(SelfEdit(
-                job_id=spec.id, document_id=spec.documents[doc_index][0], position=i,
+                job_id=spec.id, document_id=spec.documents[doc_index][0] if spec.documents else None, position=i,
                 prompt=produced.prompts[doc_index] if doc_index < len(produced.prompts) else "",
                 text=text, strategy=produced.strategy or spec.strategy, policy_id=spec.policy_id,
                 reward=produced.reward,
@@ -544,7 +549,13 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
         from seal_engine.grading import LLMJudge
 
         extra["judge"] = LLMJudge(settings.judge)
-    if spec.policy_id is not None:
+    if spec.policy_id is not None and spec.task is not None:
+        if not spec.policy_path:
+            raise JobError(f"policy checkpoint {spec.policy_id} has no stored weights")
+        from seal_engine.lora import load_adapter
+
+        extra["policy"] = load_adapter(spec.policy_path)
+    elif spec.policy_id is not None:
         # Self-edits written by a trained policy (an adapter on the generator): needs an engine
         # whose adapt() takes ``policy``; an older engine fails the job rather than silently
         # writing self-edits with the base model.
@@ -555,6 +566,8 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
         from seal_engine.lora import load_adapter
 
         extra["policy"] = load_adapter(spec.policy_path)
+    if spec.task is not None:
+        return _work_task(settings, spec, lease, tmp, final, bundle, extra.get("policy"))
     if not spec.documents:
         raise JobError("the job has no documents (were they deleted?)")
     docs = [Document(text=text, title=title) for _id, title, text in spec.documents]
@@ -582,3 +595,35 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
     publish(tmp, final)
     metrics = json.loads(json.dumps(result.metrics(), default=str))
     return Produced(result.strategy, list(result.prompts), list(result.self_edits), metrics, lora.model_dump())
+
+
+def _work_task(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Path, bundle: Any,
+               policy: Any) -> Produced:
+    """A few-shot task job: recipe(s) -> test-time training -> (held-out grades) -> files."""
+    from seal_engine.fewshot.recipes import Recipe
+    from seal_engine.task_adaptation import adapt_task, save_task_result
+    from seal_engine.task_datasets import task_from_json
+
+    assert spec.task is not None
+    task = task_from_json(spec.task["task"])
+    recipe = Recipe(**spec.task["recipe"]) if spec.task.get("recipe") else None
+    fewshot = settings.fewshot.model_copy(update={"lora": settings.fewshot.lora.model_copy(update=spec.lora)})
+
+    def progress(stage: str, done: int, total: int) -> None:
+        lo, hi = _STAGES.get(stage, (0.0, 0.98))
+        lease.progress(stage, lo + (hi - lo) * (done / total if total else 1.0))
+
+    lease.progress("self_edits", 0.0, force=True)
+    result = adapt_task(bundle, task, fewshot, k=spec.num_self_edits, recipe=recipe, policy=policy,
+                        seed=spec.seed or 0, progress=progress)
+    lease.check()
+    lease.progress("saving", 0.985, force=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    save_task_result(result, tmp)
+    (tmp / JOB_MARKER).write_text(json.dumps({"job_id": spec.id, "adapter_id": spec.adapter_id,
+                                              "tenant_id": spec.tenant_id, "base_model": spec.base_model}))
+    _fsync_dir(tmp)
+    lease.check()
+    publish(tmp, final)
+    metrics = json.loads(json.dumps(result.metrics(), default=str))
+    return Produced(result.strategy, list(result.prompts), list(result.self_edits), metrics, fewshot.lora.model_dump())

@@ -57,8 +57,16 @@ def policy_dir(settings: Settings, run_id: str, iteration: int) -> Path:
 
 
 def load_pool(config: dict[str, Any]):  # noqa: ANN201
+    """The run's passages, or its few-shot tasks for a task run."""
     from seal_engine.documents import document_from_dict, load_documents
 
+    kind = config.get("rl", {}).get("task", "knowledge")
+    if kind != "knowledge":
+        from seal_engine.task_datasets import load_task_dataset, task_from_json
+
+        if config.get("tasks_data"):
+            return [task_from_json(d) for d in config["tasks_data"]]
+        return load_task_dataset(kind, config["dataset"], config.get("solutions"))
     if config.get("passages_data"):
         return [document_from_dict(d, f"passages[{i}]") for i, d in enumerate(config["passages_data"])]
     return load_documents(config["dataset"])
@@ -140,8 +148,9 @@ def _step(settings: Settings, run: RLRun, dispatch: Dispatch, worker: str, bundl
         try:
             with session_scope(url) as s:
                 for p, (doc, (prompt, edits)) in enumerate(zip(docs, sampled)):
+                    title = getattr(doc, "title", None) or getattr(doc, "name", "")  # a passage or a task
                     for n, text in enumerate(edits):
-                        s.add(RLSample(rl_run_id=run.id, iteration=iteration, passage=p, sample=n, title=doc.title,
+                        s.add(RLSample(rl_run_id=run.id, iteration=iteration, passage=p, sample=n, title=title,
                                        prompt=prompt, text=text, policy_id=pid))
         except IntegrityError:
             pass  # another delivery sampled first; its samples stand
@@ -173,7 +182,7 @@ def _finish_iteration(settings, run, config, iteration, docs, metrics, dispatch,
             select(RLEvaluation).where(RLEvaluation.rl_run_id == run.id, RLEvaluation.iteration == iteration)
             .order_by(RLEvaluation.passage))]
         exists = s.get(PolicyCheckpoint, cid) is not None
-    kept = select_best(results, config.keep_margin)
+    kept = select_best(results, config.keep_margin, successful_only=config.is_task)
     m = iteration_metrics(results, kept)
     m["iteration"] = iteration
     if not exists:

@@ -167,6 +167,8 @@ class AdaptationJob(Base):
     lora: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     eval_questions: Mapped[list[dict[str, str]] | None] = mapped_column(JSONType)
     seed: Mapped[int | None] = mapped_column(Integer)
+    # A few-shot task job (POST /v1/tasks) instead of documents: {"task": {...}, "recipe"?: {...}}.
+    task: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     # Derived from the job id when the job is created; the adapter row exists only once ready.

@@ -31,7 +31,7 @@ from ..db.models import (
 from ..db.session import session_scope
 from ..deps import AdminDep, DbDep, SettingsDep
 from ..errors import APIError, field_error, not_found
-from ..jobs import job_out, valid_id
+from ..jobs import job_out, policy_family, same_family, valid_id
 from ..keys import TenantNameError, create_key
 from ..schemas import AdaptationList, KeyCreate, KeyOut, PolicyList, PolicyOut, TenantOut, WorkerOut
 
@@ -98,9 +98,10 @@ def promote_policy(checkpoint: str, db: DbDep, _admin: AdminDep) -> PolicyOut:
         raise APIError(409, f"policy {checkpoint!r} has no stored weights; it cannot write self-edits",
                        code="policy_without_weights")
     now = utcnow()
-    # At most one promoted checkpoint per base model.
+    # At most one promoted checkpoint per base model and family (self-edit writers, recipe writers).
     db.execute(update(PolicyCheckpoint)
-               .where(PolicyCheckpoint.base_model == row.base_model, PolicyCheckpoint.id != row.id)
+               .where(PolicyCheckpoint.base_model == row.base_model, PolicyCheckpoint.id != row.id,
+                      same_family(row.strategy))
                .values(promoted=False).execution_options(synchronize_session=False))
     row.promoted = True
     row.promoted_at = now
@@ -117,8 +118,11 @@ class RLRunCreate(RLConfig):
     """An RL run: the engine's RLConfig (P=passages, N=samples, R=repeats, ...) plus its data."""
 
     model_config = ConfigDict(extra="forbid")
-    dataset: str | None = Field(None, description="a train.json-style file of passages with questions")
+    dataset: str | None = Field(None, description="a train.json-style file of passages with questions; for "
+                                "task runs an ARC challenges file, a text-task file, or builtin:text-suite")
     documents: list[dict[str, Any]] | None = Field(None, description="uploaded passages: {title, text, questions}")
+    tasks: list[dict[str, Any]] | None = Field(None, description="uploaded few-shot tasks: {name?, train, test}")
+    solutions: str | None = Field(None, description="ARC solutions file (default: the one beside the challenges)")
     init_policy_id: str | None = Field(None, description="start from this policy checkpoint (default: base model)")
 
 
@@ -170,11 +174,65 @@ def _send_step(request: Request, settings, run_id: str) -> None:  # noqa: ANN001
 
 @router.post("/rl-runs", status_code=202, summary="Start a ReST-EM run that trains the self-edit policy")
 def create_rl_run(body: RLRunCreate, request: Request, db: DbDep, settings: SettingsDep, admin: AdminDep) -> JSONResponse:
+    rl = RLConfig.model_validate(body.model_dump(include=set(RLConfig.model_fields)))
+    config: dict[str, Any] = {"rl": rl.model_dump()}
+    strategy = body.strategy
+    if rl.is_task:
+        config.update(_task_pool(body, rl.task))
+        strategy = f"recipe-{rl.task}"
+    else:
+        config.update(_document_pool(body))
+    if body.init_policy_id is not None:
+        init = db.get(PolicyCheckpoint, body.init_policy_id)
+        if init is None:
+            raise field_error(("init_policy_id",), f"unknown policy {body.init_policy_id!r}")
+        if policy_family(init.strategy) != policy_family(strategy):
+            raise field_error(("init_policy_id",), f"policy {init.id!r} writes {init.strategy}, not {strategy}")
+        config["init_policy_id"] = body.init_policy_id
+    run = RLRun(id=new_id("rl"), tenant_id=admin.tenant_id, status=QUEUED, stage="queued", progress=0.0,
+                base_model=settings.model_id, strategy=strategy, config=config, metrics={"iteration": 0})
+    db.add(run)
+    db.commit()
+    _send_step(request, settings, run.id)
+    db.refresh(run)
+    return JSONResponse(_rl_out(db, run), status_code=202, headers={"Location": f"/v1/admin/rl-runs/{run.id}"})
+
+
+def _task_pool(body: RLRunCreate, kind: str) -> dict[str, Any]:
+    """The few-shot tasks of a task run (validated now: 422 rather than a failed run)."""
+    from seal_engine.fewshot.arc import TaskError
+    from seal_engine.fewshot.grids import GridError
+    from seal_engine.task_datasets import gradable, load_task_dataset, task_to_dict, tasks_from_uploads
+
+    if body.documents is not None:
+        raise field_error(("documents",), "a task run takes 'tasks' or 'dataset', not documents")
+    if (body.dataset is None) == (body.tasks is None):
+        raise field_error(("dataset",), "give exactly one of 'dataset' (a file path) or 'tasks'")
+    loc = ("dataset",) if body.dataset is not None else ("tasks",)
+    out: dict[str, Any] = {}
+    try:
+        if body.dataset is not None:
+            source = body.dataset if body.dataset.startswith("builtin:") else str(Path(body.dataset).expanduser().resolve())
+            tasks = load_task_dataset(kind, source, body.solutions)
+            out = {"dataset": source, "solutions": body.solutions}
+        else:
+            tasks = tasks_from_uploads(kind, body.tasks or [])
+            out = {"tasks_data": [task_to_dict(t) for t in tasks]}
+    except (TaskError, GridError) as e:
+        raise field_error(loc, str(e)) from None
+    if not any(gradable(t) for t in tasks):
+        raise field_error(loc, "no task has held-out outputs to reward the recipes with")
+    return out
+
+
+def _document_pool(body: RLRunCreate) -> dict[str, Any]:
     from seal_engine.documents import DocumentError, document_from_dict, load_documents
 
+    if body.tasks is not None or body.solutions is not None:
+        raise field_error(("tasks",), "'tasks' and 'solutions' are for task runs (task: text or arc)")
     if (body.dataset is None) == (body.documents is None):
         raise field_error(("dataset",), "give exactly one of 'dataset' (a file path) or 'documents'")
-    config: dict[str, Any] = {"rl": RLConfig.model_validate(body.model_dump(include=set(RLConfig.model_fields))).model_dump()}
+    config: dict[str, Any] = {}
     try:
         if body.dataset is not None:
             path = Path(body.dataset).expanduser().resolve()
@@ -188,17 +246,7 @@ def create_rl_run(body: RLRunCreate, request: Request, db: DbDep, settings: Sett
         raise field_error(("dataset" if body.dataset is not None else "documents",), str(e)) from None
     if not any(d.questions for d in docs):
         raise field_error(("dataset" if body.dataset is not None else "documents",), "no passage has questions")
-    if body.init_policy_id is not None:
-        if db.get(PolicyCheckpoint, body.init_policy_id) is None:
-            raise field_error(("init_policy_id",), f"unknown policy {body.init_policy_id!r}")
-        config["init_policy_id"] = body.init_policy_id
-    run = RLRun(id=new_id("rl"), tenant_id=admin.tenant_id, status=QUEUED, stage="queued", progress=0.0,
-                base_model=settings.model_id, strategy=body.strategy, config=config, metrics={"iteration": 0})
-    db.add(run)
-    db.commit()
-    _send_step(request, settings, run.id)
-    db.refresh(run)
-    return JSONResponse(_rl_out(db, run), status_code=202, headers={"Location": f"/v1/admin/rl-runs/{run.id}"})
+    return config
 
 
 @router.get("/rl-runs", summary="RL runs, newest first")
