@@ -312,13 +312,16 @@ def summary_table(summary: dict) -> Table:
 
 @app.command()
 def rl(
-    data: Annotated[Path, typer.Option(help="training passages with questions (SQuAD-style JSON)")],
+    data: Annotated[str, typer.Option(help="training passages with questions (SQuAD-style JSON), or tasks")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="run directory (rerun the same command to resume)")],
     iterations: Annotated[int, typer.Option(help="ReST-EM iterations")] = 2,
     passages: Annotated[Optional[int], typer.Option("--passages", "-P", help="passages per iteration")] = None,
     samples: Annotated[Optional[int], typer.Option("--samples", "-N", help="self-edits sampled per passage")] = None,
     repeats: Annotated[Optional[int], typer.Option("--repeats", "-R", help="inner-loop seeds per self-edit")] = None,
     strategy: Annotated[str, typer.Option(help="the self-edit prompt the policy learns to answer")] = "implications",
+    task: Annotated[str, typer.Option(help="knowledge (passages), or text / arc: few-shot tasks whose training "
+                                           "recipes the policy learns to write (--data: a task file or "
+                                           "builtin:text-suite)")] = "knowledge",
     keep_margin: Annotated[Optional[float], typer.Option(help="keep a best self-edit only if it beats passage-only by this")] = None,
     epochs: Epochs = None,
     sft_epochs: Annotated[Optional[int], typer.Option(help="policy fine-tuning epochs")] = None,
@@ -337,8 +340,19 @@ def rl(
     from seal_engine.settings import SFTSettings
 
     with user_errors():
-        pool = load_documents(data)
-        over: dict = {"iterations": iterations, "strategy": strategy, "keep_margin": keep_margin}
+        if task == "knowledge":
+            pool = load_documents(data)
+            if not any(d.questions for d in pool):
+                raise ValueError(f"{data}: no passages with questions")
+        else:
+            from seal_engine.task_datasets import gradable, load_task_dataset
+
+            pool = load_task_dataset(task, str(data))
+            if not any(gradable(t) for t in pool):
+                raise ValueError(f"{data}: no task has held-out outputs to reward recipes with")
+            if dev:
+                raise ValueError("--dev compares knowledge policies; for tasks run bench/fewshot.py --policy")
+        over: dict = {"iterations": iterations, "strategy": strategy, "keep_margin": keep_margin, "task": task}
         over.update({k: v for k, v in {"passages": passages, "samples": samples, "repeats": repeats, "seed": seed}.items()
                      if v is not None})
         base = RLConfig.small()
@@ -348,8 +362,6 @@ def rl(
         if sft:
             over["sft"] = SFTSettings(**{**base.sft.model_dump(), **sft})
         config = RLConfig.small(**over)
-        if not any(d.questions for d in pool):
-            raise ValueError(f"{data}: no passages with questions")
         init = _policy(policy)
         dev_docs = pick_dev(load_documents(dev), config, dev_passages) if dev else []
         prepare_run_dir(out_dir, config)

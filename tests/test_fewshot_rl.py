@@ -1,0 +1,66 @@
+"""ReST-EM over few-shot tasks: the knowledge RL loop, unchanged, with recipes as the self-edits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seal_engine.fewshot.settings import FewShotSettings
+from seal_engine.fewshot.text_tasks import text_task
+from seal_engine.rl import PassageResult, RLConfig, run_iteration, select_best
+from seal_engine.settings import LoraSettings, SFTSettings
+from seal_engine.task_datasets import gradable, load_task_dataset, task_from_json, task_to_dict
+
+UPPER = text_task("upper", [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden")],
+                  [{"input": w, "output": w.upper()} for w in ("window", "rocket")])
+
+
+def test_task_round_trip_and_gradable():
+    again = task_from_json(json.loads(json.dumps(task_to_dict(UPPER))))
+    assert again == UPPER and gradable(UPPER)
+    assert not gradable(text_task("x", [("a", "A"), ("b", "B")]))
+    suite = load_task_dataset("text", "builtin:text-suite")
+    assert len(suite) >= 20 and all(gradable(t) for t in suite)
+
+
+def test_config_rules_for_tasks():
+    with pytest.raises(ValueError, match="repeats"):
+        RLConfig(task="text", repeats=2)
+    cfg = RLConfig(task="arc", strategy="passage")  # the knowledge strategy is irrelevant for tasks
+    assert cfg.is_task
+
+
+def test_select_best_keeps_only_successful_recipes():
+    from seal_engine.fewshot.rl_hooks import RecipeSampleResult
+
+    def s(k, reward, error=None):
+        return RecipeSampleResult(passage=0, sample=k, prompt="p", text=f"r{k}", seeds=[k], rewards=[], reward=reward,
+                                  adapted_accuracy=reward, retention=None, error=error)
+
+    zero = PassageResult(0, "a", 0.0, None, 0.0, 0.0, [s(0, 0.0), s(1, 0.0, "invalid JSON")])
+    some = PassageResult(1, "b", 0.0, None, 0.0, 0.0, [s(0, 0.5), s(1, 1.0)])
+    assert [x.text for x in select_best([zero, some], successful_only=True)] == ["r1"]
+    assert len(select_best([zero, some])) == 2  # knowledge rule: the best of each, whatever it is
+    # Stored results come back with their recipe fields.
+    back = PassageResult.from_dict(json.loads(json.dumps(zero.to_dict())))
+    assert back.samples[1].error == "invalid JSON"
+
+
+@pytest.mark.slow
+def test_one_iteration_over_a_text_task(bundle, engine_settings):
+    fewshot = FewShotSettings(max_examples=6, step_budget=24, paraphrases=0, recipe_max_new_tokens=48,
+                              lora=LoraSettings(rank=8, alpha=16))
+    config = RLConfig(task="text", passages=1, samples=2, iterations=1, fewshot=fewshot,
+                      sft=SFTSettings(epochs=1, rank=8, alpha=16))
+    stored = []
+    result = run_iteration(bundle, [UPPER], config, engine_settings, 0, None, on_passage=stored.append)
+    [pr] = result.passages
+    assert stored == [pr] and pr.title == "upper" and len(pr.samples) == 2
+    assert 0.0 <= pr.baseline_accuracy <= 1.0 and 0.0 <= pr.passage_accuracy <= 1.0  # in-context, default recipe
+    for s in pr.samples:
+        assert s.prompt and s.text and 0.0 <= s.reward <= 1.0
+        assert s.error is not None or s.recipe is not None  # ran a valid recipe, or says why not
+    kept = [s for s in pr.samples if s.reward > 0 and s.error is None]
+    assert result.metrics["kept"] == (1 if kept else 0)
+    assert (result.policy is not None) == bool(kept)
