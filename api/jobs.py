@@ -24,7 +24,7 @@ from .db.models import (
     PolicyCheckpoint,
 )
 from .deps import Principal
-from .errors import field_error, not_found
+from .errors import APIError, field_error, not_found
 from .schemas import AdaptationCreate, AdaptationOut, DocumentIn, Progress, SelfEditOut
 from .settings import Settings
 
@@ -204,3 +204,18 @@ def adapter_files(path: str | Path) -> list[str]:
     if not p.is_dir():
         return []
     return sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def queue_job(request, db: Session, settings: Settings, job: AdaptationJob) -> None:  # noqa: ANN001
+    """Send a stored job's task; a broker that cannot take it fails the job and answers 503."""
+    from workers.app import dispatch_adaptation
+
+    try:
+        task_id = dispatch_adaptation(request.app.state.celery, settings, job.id)
+    except Exception as e:
+        log.exception("could not queue job %s", job.id)
+        job.status, job.stage, job.error, job.finished_at = "failed", "failed", f"could not queue the job: {e}", utcnow()
+        db.commit()
+        raise APIError(503, "the job queue is unavailable; try again later", code="queue_unavailable") from None
+    mark_dispatched(db, job.id, task_id)
+    db.refresh(job)

@@ -584,6 +584,12 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
         bundle, docs, settings, strategy=spec.strategy, template=spec.template, k=spec.num_self_edits,
         lora=lora, questions=questions, seed=spec.seed, progress=progress, **extra,
     )
+    return _save_and_publish(spec, lease, tmp, final, result, save_fn, lora.model_dump())
+
+
+def _save_and_publish(spec: JobSpec, lease: Lease, tmp: Path, final: Path, result: Any,
+                      save_fn: Callable[[Any, Path], Path], lora: dict[str, Any]) -> Produced:
+    """Write the result's files (with the job marker) to ``tmp``, then rename them to ``final``."""
     lease.check()
     lease.progress("saving", 0.985, force=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -594,7 +600,7 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
     lease.check()
     publish(tmp, final)
     metrics = json.loads(json.dumps(result.metrics(), default=str))
-    return Produced(result.strategy, list(result.prompts), list(result.self_edits), metrics, lora.model_dump())
+    return Produced(result.strategy, list(result.prompts), list(result.self_edits), metrics, lora)
 
 
 def _work_task(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Path, bundle: Any,
@@ -616,14 +622,4 @@ def _work_task(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final
     lease.progress("self_edits", 0.0, force=True)
     result = adapt_task(bundle, task, fewshot, k=spec.num_self_edits, recipe=recipe, policy=policy,
                         seed=spec.seed or 0, progress=progress)
-    lease.check()
-    lease.progress("saving", 0.985, force=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    save_task_result(result, tmp)
-    (tmp / JOB_MARKER).write_text(json.dumps({"job_id": spec.id, "adapter_id": spec.adapter_id,
-                                              "tenant_id": spec.tenant_id, "base_model": spec.base_model}))
-    _fsync_dir(tmp)
-    lease.check()
-    publish(tmp, final)
-    metrics = json.loads(json.dumps(result.metrics(), default=str))
-    return Produced(result.strategy, list(result.prompts), list(result.self_edits), metrics, fewshot.lora.model_dump())
+    return _save_and_publish(spec, lease, tmp, final, result, save_task_result, fewshot.lora.model_dump())

@@ -12,11 +12,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse
 
-from ..db.base import utcnow
 from ..db.models import TERMINAL, AdaptationJob
 from ..deps import DbDep, PrincipalDep, SettingsDep
 from ..errors import APIError
-from ..jobs import cancel_job, create_job, event_snapshot, get_job, job_out, mark_dispatched
+from ..jobs import cancel_job, create_job, event_snapshot, get_job, job_out, queue_job
 from ..schemas import AdaptationCreate, AdaptationList, AdaptationOut
 
 log = logging.getLogger("seal.api")
@@ -27,19 +26,9 @@ router = APIRouter(prefix="/v1/adaptations", tags=["adaptations"])
              summary="Adapt the model to documents: self-edits, LoRA training, evaluation, registration")
 def create_adaptation(body: AdaptationCreate, request: Request, db: DbDep, settings: SettingsDep,
                       who: PrincipalDep) -> JSONResponse:
-    from workers.app import dispatch_adaptation
-
     job = create_job(db, settings, who, body)
     db.commit()
-    try:
-        task_id = dispatch_adaptation(request.app.state.celery, settings, job.id)
-    except Exception as e:
-        log.exception("could not queue job %s", job.id)
-        job.status, job.stage, job.error, job.finished_at = "failed", "failed", f"could not queue the job: {e}", utcnow()
-        db.commit()
-        raise APIError(503, "the job queue is unavailable; try again later", code="queue_unavailable") from None
-    mark_dispatched(db, job.id, task_id)
-    db.refresh(job)
+    queue_job(request, db, settings, job)
     out = job_out(job)
     return JSONResponse(out.model_dump(mode="json"), status_code=202,
                         headers={"Location": f"/v1/adaptations/{job.id}"})

@@ -19,7 +19,7 @@ from ..db.base import new_id, utcnow
 from ..db.models import QUEUED, SUCCEEDED, Adapter, AdaptationJob
 from ..deps import DbDep, Principal, PrincipalDep, SettingsDep
 from ..errors import APIError, field_error, not_found
-from ..jobs import adapter_id_for, mark_dispatched, promoted_policy, valid_id
+from ..jobs import adapter_id_for, promoted_policy, queue_job, valid_id
 from ..schemas import Progress, SelfEditOut, SolveIn, SolveOut, TaskCreate, TaskOut
 from . import adaptations
 
@@ -100,8 +100,6 @@ def create_task(body: TaskCreate, request: Request, db: DbDep, settings: Setting
     from seal_engine.fewshot.recipes import RecipeError, validate_recipe
     from seal_engine.task_datasets import task_to_dict
 
-    from workers.app import dispatch_adaptation
-
     task = build_task(body)
     domain = "arc" if task.kind == "arc" else "text"
     recipe = None
@@ -123,15 +121,7 @@ def create_task(body: TaskCreate, request: Request, db: DbDep, settings: Setting
     )
     db.add(job)
     db.commit()
-    try:
-        task_id = dispatch_adaptation(request.app.state.celery, settings, job.id)
-    except Exception as e:
-        log.exception("could not queue task job %s", job.id)
-        job.status, job.stage, job.error, job.finished_at = "failed", "failed", f"could not queue the job: {e}", utcnow()
-        db.commit()
-        raise APIError(503, "the job queue is unavailable; try again later", code="queue_unavailable") from None
-    mark_dispatched(db, job.id, task_id)
-    db.refresh(job)
+    queue_job(request, db, settings, job)
     return JSONResponse(task_out(job).model_dump(mode="json"), status_code=202, headers={"Location": f"/v1/tasks/{job.id}"})
 
 
