@@ -1,0 +1,140 @@
+"""Recipe parsing and validation (clear reasons), the step budget, voting and pass@2."""
+
+import json
+
+import pytest
+
+from seal_engine.fewshot.recipes import (
+    GROUPS,
+    Recipe,
+    RecipeError,
+    check_budget,
+    default_recipe,
+    extract_json_object,
+    find_json_object,
+    parse_recipe,
+    recipe_steps,
+    schema_text,
+)
+from seal_engine.fewshot.settings import FewShotSettings
+from seal_engine.fewshot.voting import exact_match, solved, vote
+
+S = FewShotSettings()
+GOOD = {"augmentations": ["basic", "size"], "loss": "output", "learning_rate": 0.001, "epochs": 3}
+
+
+def test_parse_a_valid_recipe():
+    r = parse_recipe(json.dumps(GOOD), "arc", S)
+    assert r == Recipe(augmentations=("basic", "size"), loss="output", learning_rate=1e-3, epochs=3)
+    assert parse_recipe(r.to_json(), "arc", S) == r  # round trip
+
+
+def test_json_embedded_in_chatter_and_fences():
+    text = ('Sure! Here is a recipe {not json} for you:\n```json\n'
+            '{"augmentations": ["paraphrase"], "loss": "all", "learning_rate": 5e-4, "epochs": 2}\n```\nGood luck {')
+    r = parse_recipe(text, "text", S)
+    assert r.augmentations == ("paraphrase",) and r.loss == "all" and r.epochs == 2
+    obj, start, end = find_json_object(text)
+    assert text[start:end].startswith('{"augmentations"') and text[end:].startswith("\n```")
+
+
+def test_first_object_wins_and_nested_values_do_not_confuse():
+    assert extract_json_object('{"a": {"b": 1}} {"c": 2}') == {"a": {"b": 1}}
+    assert extract_json_object('[1, 2] then {"x": [1, {"y": 2}]}') == {"x": [1, {"y": 2}]}
+
+
+def test_duplicates_collapse_and_integral_floats_are_whole_epochs():
+    r = parse_recipe(json.dumps({**GOOD, "augmentations": ["basic", "basic"], "epochs": 2.0}), "arc", S)
+    assert r.augmentations == ("basic",) and r.epochs == 2 and isinstance(r.epochs, int)
+    assert parse_recipe(json.dumps({**GOOD, "augmentations": []}), "arc", S).augmentations == ()
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("no braces at all", "no JSON object found"),
+    ('{"augmentations": ["basic"], "loss": "output",', "invalid JSON"),
+    ("{'augmentations': ['basic']}", "invalid JSON"),
+    ("[1, 2, 3]", "no JSON object found"),
+    (json.dumps({**GOOD, "augmentations": ["basic", "zoom"]}), "unknown augmentation group 'zoom' (choose from basic"),
+    (json.dumps({**GOOD, "augmentations": "basic"}), "augmentations must be a list"),
+    (json.dumps({**GOOD, "loss": "inputs"}), 'loss must be "all" or "output"'),
+    (json.dumps({**GOOD, "learning_rate": 0.5}), "learning_rate 0.5 is outside [1e-05, 0.01]"),
+    (json.dumps({**GOOD, "learning_rate": 0}), "learning_rate 0 is outside"),
+    (json.dumps({**GOOD, "learning_rate": "1e-3"}), "learning_rate '1e-3' is outside"),
+    (json.dumps({**GOOD, "learning_rate": True}), "learning_rate True is outside"),
+    (json.dumps({**GOOD, "epochs": 50}), "epochs 50 is not a whole number in [1, 10]"),
+    (json.dumps({**GOOD, "epochs": 0}), "epochs 0 is not a whole number"),
+    (json.dumps({**GOOD, "epochs": 2.5}), "epochs 2.5 is not a whole number"),
+    (json.dumps({**GOOD, "max_examples": 0}), "max_examples 0 is not a whole number in [1, 48]"),
+    (json.dumps({**GOOD, "batch_size": 4}), "unknown field 'batch_size'"),
+    (json.dumps({k: v for k, v in GOOD.items() if k != "loss"}), "missing field 'loss'"),
+])
+def test_invalid_recipes_give_reasons(text, reason):
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(text, "arc", S)
+    assert reason in e.value.reason, e.value.reason
+    assert str(e.value) == e.value.reason
+
+
+def test_groups_are_per_domain():
+    with pytest.raises(RecipeError, match="unknown augmentation group 'paraphrase'"):
+        parse_recipe(json.dumps({**GOOD, "augmentations": ["paraphrase"]}), "arc", S)
+    with pytest.raises(RecipeError, match="unknown augmentation group 'basic' \\(choose from paraphrase, reorder\\)"):
+        parse_recipe(json.dumps(GOOD), "text", S)
+
+
+def test_bounds_follow_settings():
+    tight = FewShotSettings(max_epochs=2, lr_max=1e-3)
+    with pytest.raises(RecipeError, match=r"epochs 3 is not a whole number in \[1, 2\]"):
+        parse_recipe(json.dumps(GOOD), "arc", tight)
+    with pytest.raises(RecipeError, match="learning_rate 0.002"):
+        parse_recipe(json.dumps({**GOOD, "learning_rate": 2e-3, "epochs": 1}), "arc", tight)
+
+
+def test_step_budget():
+    r = Recipe(augmentations=(), loss="output", learning_rate=1e-3, epochs=4)
+    s = FewShotSettings(batch_size=4, step_budget=20)
+    assert recipe_steps(r, 17, 4) == 4 * 5
+    assert check_budget(r, 17, s) == 20  # at the budget: allowed
+    with pytest.raises(RecipeError) as e:
+        check_budget(r, 21, s)
+    assert e.value.reason == (
+        "the recipe needs 24 training steps (4 epochs x 21 examples in batches of 4), over the budget of 20"
+    )
+
+
+def test_default_recipes_are_valid_and_schema_lists_groups():
+    for domain in ("arc", "text"):
+        d = default_recipe(domain)
+        assert parse_recipe(d.to_json(), domain, S) == d
+        schema = schema_text(domain, S)
+        assert all(f'"{g}"' in schema for g in GROUPS[domain])
+        assert "learning_rate" in schema and "epochs" in schema
+
+
+# --- voting --------------------------------------------------------------------------
+
+A, B, C = ((1,),), ((2,),), ((3,),)
+
+
+def test_vote_majority_then_first_seen():
+    assert vote([B, A, A, C, B, A]) == [A, B]
+    assert vote([C, B, B, C]) == [C, B]  # tie: the one seen first (plain view first)
+    assert vote([None, None, A]) == [A]  # unparsable answers cast no vote
+    assert vote([None]) == []
+    assert vote([A, B, C], attempts=1) == [A]
+    assert vote([A, B, C], attempts=3) == [A, B, C]
+
+
+def test_pass_at_2_needs_every_test_output():
+    assert solved([[A, B]], [B])
+    assert not solved([[A, C]], [B])
+    assert solved([[A], [B, C]], [A, C])
+    assert not solved([[A], [B]], [A, C])  # one of two test inputs wrong: not solved
+    assert not solved([[A]], [A, B])  # a missing test input: not solved
+    assert not solved([[]], [A])
+
+
+def test_text_exact_match():
+    assert exact_match(" dax\n", "dax")
+    assert not exact_match("Dax", "dax")
+    assert not exact_match("dax.", "dax")
