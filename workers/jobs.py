@@ -406,7 +406,7 @@ def register(settings: Settings, spec: JobSpec, worker: str, produced: Produced,
         s.execute(delete(SelfEdit).where(SelfEdit.job_id == spec.id))
         k = max(spec.num_self_edits, 1)
         for i, text in enumerate(produced.self_edits):
-            doc_index = min(i // k, len(spec.documents) - 1)  # -1 for a task job (no documents)
+            doc_index = min(i // k, max(len(spec.documents) - 1, 0))  # a task job has no documents: 0
             s.add(SelfEdit(
                 job_id=spec.id, document_id=spec.documents[doc_index][0] if spec.documents else None, position=i,
                 prompt=produced.prompts[doc_index] if doc_index < len(produced.prompts) else "",
