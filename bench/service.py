@@ -6,6 +6,11 @@
    model vs the same 16 spread over 4 adapters, through the HTTP API.
 
     python bench/service.py --jobs 5 --self-edits 5 --concurrent 16 --adapters 4
+    python bench/service.py --chat-only --concurrent 16 --adapters 4   # part 2 alone, in a minute
+
+``--chat-only`` skips the jobs (which take minutes each): the API runs without a worker and
+serves random adapters of the default LoRA shape (rank 16, every linear layer), loaded
+through ``POST /v1/load_lora_adapter``; decoding costs the same as for trained ones.
 """
 
 from __future__ import annotations
@@ -55,6 +60,60 @@ async def chat_burst(base: str, key: str, models: list[str], n: int, tokens: int
         return time.perf_counter() - t, sum(counts)
 
 
+def write_random_adapters(data_dir: str, directory: Path, n: int) -> list[Path]:
+    """n adapters of the default LoRA shape with random weights, without loading the model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from seal_engine.lora import LoraAdapter, lora_config
+    from seal_engine.model import default_model_dir
+    from seal_engine.settings import DEFAULT_MODEL_ID, EngineSettings
+
+    settings = EngineSettings(data_dir=data_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(default_model_dir(settings)))
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    shapes = {name: (m.in_features, m.out_features) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets}
+    r = settings.lora.rank
+    config = lora_config(settings.lora.model_copy(update={"target_modules": list(targets)}), DEFAULT_MODEL_ID)
+    paths = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(i)
+        state = {}
+        for name, (d_in, d_out) in shapes.items():
+            state[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, d_in, generator=g) * 0.05
+            state[f"base_model.model.{name}.lora_B.weight"] = torch.randn(d_out, r, generator=g) * 0.02
+        paths.append(LoraAdapter(config, state).save(directory / f"adapter{i}"))
+    return paths
+
+
+def run_jobs(args: argparse.Namespace, base: str, key: str, serve: Proc, results: dict) -> list[str]:
+    """Part 1: adaptation jobs; returns the adapter ids."""
+    passages = json.loads(DEV.read_text())
+    latencies, adapters = [], []
+    for i in range(max(args.jobs, args.adapters)):
+        p = passages[i]
+        t = time.perf_counter()
+        r = httpx.post(f"{base}/v1/adaptations", headers=bearer(key), timeout=30, json={
+            "documents": [{"title": p["title"], "text": p["context"]}], "strategy": "implications",
+            "num_self_edits": args.self_edits, "eval_questions": p["questions"][:5],
+        })
+        r.raise_for_status()
+        job = wait_job(base, bearer(key), r.json()["id"], 1800)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"job failed: {job.get('error')}\n{serve.log()}")
+        elapsed = time.perf_counter() - t
+        adapters.append(job["adapter_id"])
+        if i < args.jobs:
+            latencies.append(elapsed)
+        print(f"job {i}: ready in {elapsed:.1f} s", flush=True)
+    results["post_to_ready_s"] = latencies
+    results["post_to_ready_median_s"] = statistics.median(latencies)
+    print(f"POST -> adapter ready: median {statistics.median(latencies):.1f} s over {len(latencies)} jobs")
+    return adapters
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=5)
@@ -63,40 +122,34 @@ def main() -> None:
     ap.add_argument("--adapters", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--data-dir", default=str(Path.home() / ".cache" / "seal-test"))
+    ap.add_argument("--chat-only", action="store_true", help="skip the jobs; chat with random adapters")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
 
-    passages = json.loads(DEV.read_text())
     state = Path(tempfile.mkdtemp(prefix="seal-bench-service-"))
     env = service_env(data_dir=args.data_dir, state_dir=state)
-    key = subprocess.run(seal_cli("keys", "create", "--tenant", "bench"), env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    create = ["keys", "create", "--tenant", "bench"] + (["--admin"] if args.chat_only else [])
+    key = subprocess.run(seal_cli(*create), env=env, capture_output=True, text=True, check=True).stdout.strip()
+    lora_paths = write_random_adapters(args.data_dir, state / "adapters" / "bench", args.adapters) if args.chat_only \
+        else []
     port = free_port()
-    serve = Proc(seal_cli("serve", "--port", str(port)), env, state / "serve.log")
+    serve = Proc(seal_cli("serve", "--port", str(port), *(["--no-worker"] if args.chat_only else [])), env,
+                 state / "serve.log")
     base = f"http://127.0.0.1:{port}"
-    results: dict = {"jobs": args.jobs, "self_edits": args.self_edits}
+    results: dict = {"jobs": 0 if args.chat_only else args.jobs, "self_edits": args.self_edits,
+                     "concurrent": args.concurrent, "tokens": args.tokens}
     try:
-        wait_http(base + "/readyz", 300, serve)
-        latencies, adapters = [], []
-        for i in range(max(args.jobs, args.adapters)):
-            p = passages[i]
-            t = time.perf_counter()
-            r = httpx.post(f"{base}/v1/adaptations", headers=bearer(key), timeout=30, json={
-                "documents": [{"title": p["title"], "text": p["context"]}], "strategy": "implications",
-                "num_self_edits": args.self_edits, "eval_questions": p["questions"][:5],
-            })
-            r.raise_for_status()
-            job = wait_job(base, bearer(key), r.json()["id"], 1800)
-            if job["status"] != "succeeded":
-                raise RuntimeError(f"job failed: {job.get('error')}\n{serve.log()}")
-            elapsed = time.perf_counter() - t
-            adapters.append(job["adapter_id"])
-            if i < args.jobs:
-                latencies.append(elapsed)
-            print(f"job {i}: ready in {elapsed:.1f} s", flush=True)
-        results["post_to_ready_s"] = latencies
-        results["post_to_ready_median_s"] = statistics.median(latencies)
-        print(f"POST -> adapter ready: median {statistics.median(latencies):.1f} s over {len(latencies)} jobs")
+        if args.chat_only:
+            wait_http(base + "/healthz", 300, serve)
+            adapters = []
+            for i, path in enumerate(lora_paths):
+                r = httpx.post(f"{base}/v1/load_lora_adapter", headers=bearer(key), timeout=300,
+                               json={"lora_name": f"bench-{i}", "lora_path": str(path)})
+                r.raise_for_status()
+                adapters.append(f"bench-{i}")
+        else:
+            wait_http(base + "/readyz", 300, serve)
+            adapters = run_jobs(args, base, key, serve, results)
 
         base_model = httpx.get(f"{base}/v1/models", headers=bearer(key)).json()["data"][0]["id"]
         for name, models in (("base", [base_model]), (f"{args.adapters}_adapters", adapters[: args.adapters])):

@@ -1,24 +1,28 @@
 """Completions for the service: requests that may each name an adapter, and an LRU of adapters.
 
-The service (OpenAI-compatible endpoints) calls only :func:`complete` and
-:func:`stream_completion`; how rows are batched across adapters is this module's job.
+The service (OpenAI-compatible endpoints) calls only this module. Every completion is
+decoded by :class:`~seal_engine.decoding.Decoder`, where rows with any mix of adapters
+and sampling settings share each step: :func:`complete` runs its requests to the end in
+the calling thread; a long-lived :class:`~seal_engine.continuous.ContinuousBatcher`
+(``engine``) lets requests join between steps (:func:`submit`, :func:`stream_completion`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TextIteratorStreamer
 
-from .generation import generate
+from .continuous import ContinuousBatcher
+from .decoding import DecodeRequest, Decoder, TokenSink
 from .lora import LoraAdapter, load_adapter
 from .model import ModelBundle
-from .multilora import serving
 
 
 @dataclass
@@ -65,79 +69,164 @@ def _finish(bundle: ModelBundle, raw: str, req: CompletionRequest) -> Completion
     return Completion(text, reason, count_tokens(bundle, req.prompt), min(n_tokens, req.max_tokens))
 
 
+class _Collect:
+    """Token sink that keeps a row's tokens for a whole completion."""
+
+    def __init__(self, on_done: Callable[[], None]) -> None:
+        self.tokens: list[int] = []
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._on_done = on_done
+
+    def token(self, token_id: int) -> None:
+        self.tokens.append(token_id)
+
+    def finish(self, reason: str) -> None:
+        self._on_done()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self._on_done()
+
+
+class _Stream:
+    """Token sink that turns a row's tokens into text deltas (transformers' streamer: whole words)."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.streamer = TextIteratorStreamer(bundle.tokenizer, skip_special_tokens=True)
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+    def token(self, token_id: int) -> None:
+        self.streamer.put(torch.tensor([token_id]))
+
+    def finish(self, reason: str) -> None:
+        self.streamer.end()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.streamer.end()
+
+
+def _row_seed(seed: int | None, choice: int) -> int | None:
+    # Choices of one seeded request differ from each other, and each is reproducible.
+    return None if seed is None else seed + 1_000_003 * choice
+
+
+def _rows(request: CompletionRequest, sinks: Sequence[TokenSink]) -> list[DecodeRequest]:
+    return [
+        DecodeRequest(prompt=request.prompt, sink=sink, adapter=request.adapter, max_tokens=request.max_tokens,
+                      temperature=request.temperature, top_p=request.top_p, stop=tuple(request.stop),
+                      seed=_row_seed(request.seed, j))
+        for j, sink in enumerate(sinks)
+    ]
+
+
+def _completion(bundle: ModelBundle, request: CompletionRequest, sink: _Collect) -> Completion:
+    if sink.error is not None:
+        raise sink.error
+    return _finish(bundle, bundle.tokenizer.decode(sink.tokens, skip_special_tokens=True), request)
+
+
 def complete(bundle: ModelBundle, requests: Sequence[CompletionRequest]) -> list[list[Completion]]:
-    """``n`` completions per request.
+    """``n`` completions per request, all decoded as one batch in the calling thread.
 
-    Requests with the same sampling settings run as one batch whatever adapters they
-    name: each row carries its own adapter (multi-LoRA), one forward per decoding step.
+    Each row carries its own adapter (multi-LoRA) and sampling settings; rows leave the
+    batch as they finish.
     """
-    groups: dict[tuple, list[tuple[int, CompletionRequest]]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault((r.max_tokens, r.temperature, r.top_p, r.seed), []).append((i, r))
-    results: list[list[Completion]] = [[] for _ in requests]
-    for (max_tokens, temperature, top_p, seed), items in groups.items():
-        prompts = [r.prompt for _, r in items for _ in range(r.n)]
-        adapters = [r.adapter for _, r in items for _ in range(r.n)]
-        raw = generate(
-            bundle, prompts, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            seed=seed, batch_size=len(prompts), adapters=adapters,
-        )
-        pos = 0
-        for i, r in items:
-            results[i] = [_finish(bundle, raw[pos + j], r) for j in range(r.n)]
-            pos += r.n
-    return results
+    sinks = [[_Collect(lambda: None) for _ in range(r.n)] for r in requests]
+    decoder = Decoder(bundle)
+    decoder.add([row for r, ss in zip(requests, sinks) for row in _rows(r, ss)])
+    while decoder.rows:
+        decoder.step()
+    return [[_completion(bundle, r, s) for s in ss] for r, ss in zip(requests, sinks)]
 
 
-def stream_completion(bundle: ModelBundle, request: CompletionRequest) -> Iterator[str]:
-    """Text deltas of one completion as they are decoded (stop strings honoured)."""
-    tok = bundle.tokenizer
-    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    enc = tok([request.prompt], return_tensors="pt", add_special_tokens=False).to(bundle.device)
-    kwargs: dict = dict(max_new_tokens=request.max_tokens, pad_token_id=tok.pad_token_id, streamer=streamer)
-    if request.temperature > 0:
-        kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    errors: list[BaseException] = []
+def submit(engine: ContinuousBatcher, request: CompletionRequest) -> Future[list[Completion]]:
+    """Queue a request's ``n`` rows on the running batch; the future resolves when all are done.
 
-    def run() -> None:
+    Cancelling the future takes its rows out of the batch at the next step.
+    """
+    bundle = engine.decoder.bundle
+    future: Future[list[Completion]] = Future()
+    left = [request.n]
+    lock = threading.Lock()
+
+    def done() -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
         try:
-            adapters = [request.adapter] if request.adapter is not None else []
-            with serving(bundle, adapters) as ml, torch.inference_mode():
-                ml.route([0] if adapters else None)
-                if request.seed is not None:
-                    torch.manual_seed(request.seed)
-                bundle.model.generate(**enc, **kwargs)
-        except BaseException as e:  # surfaced to the consumer below
-            errors.append(e)
-            streamer.end()
+            result = [_completion(bundle, request, s) for s in sinks]
+        except BaseException as e:  # handed to the waiter
+            _resolve(future, error=e)
+        else:
+            _resolve(future, result=result)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    sinks = [_Collect(done) for _ in range(request.n)]
+
+    def cancelled(f: Future) -> None:
+        if f.cancelled():
+            for s in sinks:
+                s.cancelled = True
+
+    future.add_done_callback(cancelled)
+    engine.submit(_rows(request, sinks))
+    return future
+
+
+def _resolve(future: Future, result: object = None, error: BaseException | None = None) -> None:
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled meanwhile
+        pass
+
+
+def stream_completion(bundle: ModelBundle, request: CompletionRequest,
+                      engine: ContinuousBatcher | None = None) -> Iterator[str]:
+    """Text deltas of one completion as they are decoded (stop strings honoured).
+
+    With ``engine`` the row joins its running batch; without, it is decoded alone.
+    Closing the iterator early takes the row out of the batch.
+    """
+    sink = _Stream(bundle)
+    own = engine is None
+    runner = ContinuousBatcher(bundle, max_rows=1) if engine is None else engine
+    runner.submit(_rows(request, [sink])[:1])
+    try:
+        yield from _until_stop(sink.streamer, request.stop)
+        if sink.error is not None:
+            raise sink.error
+    finally:
+        sink.cancelled = True  # no-op once the row has finished
+        if own:
+            runner.close()
+
+
+def _until_stop(deltas: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """Pass deltas through up to the first stop string, holding back what could start one."""
     emitted = ""
     held = ""
-    for delta in streamer:
+    for delta in deltas:
         held += delta
         text = emitted + held
-        cut = min((text.find(s) for s in request.stop if s in text), default=-1)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
         if cut != -1:
             if cut > len(emitted):
                 yield text[len(emitted) : cut]
-            break
-        # Hold back a tail that could be the start of a stop string.
-        keep = max((len(s) - 1 for s in request.stop), default=0)
+            return
+        keep = max((len(s) - 1 for s in stop), default=0)
         safe = len(held) - keep if keep else len(held)
         if safe > 0:
             yield held[:safe]
             emitted += held[:safe]
             held = held[safe:]
-    else:
-        if held:
-            yield held
-    thread.join()
-    if errors:
-        raise errors[0]
+    if held:
+        yield held
 
 
 class AdapterCache:

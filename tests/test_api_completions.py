@@ -271,3 +271,30 @@ def test_odd_but_valid_requests_never_5xx(server):
         assert r.status_code < 500, (body, r.status_code, r.text[:300])
         if body.get("stream") and r.status_code == 200:
             assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text, r.text[-300:]
+
+
+@pytest.mark.slow
+def test_a_request_arriving_mid_decode_finishes_before_the_long_one(server):
+    """Continuous batching: the short request joins the running batch instead of waiting for it."""
+    chunks: list[float] = []
+    started = threading.Event()
+
+    def long_stream() -> None:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", headers=bearer(server.key), timeout=300,
+                          json={"model": BASE, "max_tokens": 64, "temperature": 0, "stream": True,
+                                "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}) as r:
+            for line in r.iter_lines():
+                if '"content"' in line:
+                    chunks.append(time.monotonic())
+                    started.set()
+
+    t = threading.Thread(target=long_stream)
+    t.start()
+    assert started.wait(300)
+    r = httpx.post(server.url + "/v1/chat/completions", headers=bearer(server.key), timeout=300,
+                   json={"model": BASE, "max_tokens": 3, "temperature": 0, "messages": CHAT})
+    short_done = time.monotonic()
+    t.join(300)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
+    assert len(chunks) > 5, "the long request ended too early to test anything"
+    assert short_done < chunks[-1]

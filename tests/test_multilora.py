@@ -3,18 +3,26 @@
 Tolerances (float32): per-step training losses within 1e-4 relative; trained
 weights within 2% relative Frobenius norm per tensor (Adam divides by the running
 gradient magnitude, so elements whose gradient is ~0 amplify rounding noise);
-adapted logits within 1e-3 absolute.
+adapted logits within 1e-3 absolute. The serving kernels (dense and gathered, weights
+in the model's dtype with the scaling folded in) against the training kernel (float32
+LoRA terms, the path serving took before): float32 logits within 1e-4 absolute; bfloat16
+logits within 0.1 absolute (logits span about +-30; bfloat16 keeps 8 bits of mantissa)
+with the same argmax at every position.
 """
+
+import threading
 
 import pytest
 import torch
 
-from seal_engine.batched_training import train_adapters_batched
+from seal_engine.batched_training import peft_initial_state, train_adapters_batched
+from seal_engine.continuous import ContinuousBatcher
+from seal_engine.decoding import DecodeRequest, Decoder
 from seal_engine.generation import generate
-from seal_engine.lora import applied_adapter, train_lora
-from seal_engine.multilora import serving
+from seal_engine.lora import LoraAdapter, applied_adapter, lora_config, train_lora
+from seal_engine.multilora import ServingLora, installed, module_paths, serving
 from seal_engine.prompts import answer_prompt
-from seal_engine.serving import AdapterCache
+from seal_engine.serving import AdapterCache, CompletionRequest, complete
 from seal_engine.settings import LoraSettings
 
 pytestmark = pytest.mark.slow
@@ -110,3 +118,158 @@ def test_gather_kernel_matches_masked_kernel(fp32_bundle, trained):
         gathered = fp32_bundle.model(**ids).logits
     assert torch.allclose(masked, gathered, atol=1e-4)
     assert not torch.allclose(masked[0], masked[1], atol=1e-3)
+
+
+# --- serving kernels and the continuous decoder -------------------------------------------------
+
+
+def random_adapter(bundle, rank: int, seed: int, targets: list[str] | None = None) -> LoraAdapter:
+    """PEFT layout with random A and B, large enough to change greedy answers."""
+    cfg = LoraSettings(rank=rank, alpha=2 * rank, **({"target_modules": targets} if targets else {}))
+    g = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=g) * (0.02 if "lora_B" in k else 0.05)
+             for k, v in peft_initial_state(bundle, cfg, seed).items()}
+    return LoraAdapter(lora_config(cfg, bundle.model_id), state)
+
+
+def training_kernel_logits(bundle, adapters, rows, ids):
+    """Logits through the training layer (float32 LoRA terms, masked), as serving did before."""
+    paths = sorted({p for a in adapters for p in module_paths(a)})
+    with torch.no_grad(), installed(bundle, paths, len(adapters), max(a.config.r for a in adapters)) as ml:
+        for i, a in enumerate(adapters):
+            ml.load(i, a)
+        ml.route(rows, gather=False)
+        return bundle.model(**ids).logits
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_serving_kernels_match_training_kernel(fp32_bundle, bundle, dtype):
+    b = fp32_bundle if dtype == "float32" else bundle
+    if b.dtype != getattr(torch, dtype):
+        pytest.skip(f"the default model is not {dtype} on this machine")
+    # Mixed ranks and target sets: slots widen (rank 4 -> 16), grow (1 -> 2 -> 4) and wrap new modules.
+    adapters = [random_adapter(b, 4, 1, ["q_proj", "v_proj"]), random_adapter(b, 16, 2), random_adapter(b, 8, 3)]
+    rows = [1, -1, 0, 2, 1]
+    ids = b.tokenizer(["The Zorblax Institute was founded by"] * len(rows), return_tensors="pt")
+    old = training_kernel_logits(b, adapters, rows, ids)
+    with torch.inference_mode(), b.lock:
+        sl = ServingLora(b)
+        assert [sl.acquire([a]) for a in adapters] == [[0], [1], [2]]
+        assert sl.rank == 16 and len(sl.loaded) == 4
+        with sl.attached():
+            sl.route(rows, gather=True)
+            gathered = b.model(**ids).logits
+            sl.route(rows, gather=False)
+            segment = b.model(**ids).logits
+            sl.route(None)
+            base = b.model(**ids).logits
+    atol = 1e-4 if dtype == "float32" else 0.1
+    for new in (gathered, segment):
+        assert torch.allclose(new.float(), old.float(), atol=atol), (new.float() - old.float()).abs().max()
+        assert torch.equal(new.argmax(-1), old.argmax(-1))
+    assert torch.equal(gathered[1], base[1])  # a row without adapter is the base model, exactly
+    assert not torch.allclose(gathered[0].float(), base[0].float(), atol=1e-2)
+
+
+def test_serving_slots_are_reused_and_grown(fp32_bundle):
+    a, b, c, d = (random_adapter(fp32_bundle, 4, seed, ["q_proj"]) for seed in range(4))
+    with fp32_bundle.lock:
+        sl = ServingLora(fp32_bundle)
+        assert sl.acquire([a, b, a]) == [0, 1, 0]  # one slot per distinct adapter
+        assert sl.users == [2, 1]
+        sl.release(1)
+        assert sl.acquire([c]) == [1]  # b's slot was idle: c takes it
+        assert sl.acquire([d]) == [2] and len(sl.loaded) == 4  # all busy: the slots double
+        sl.release(0)
+        sl.release(0)
+        assert sl.acquire([d, b]) == [2, 0]  # d is loaded already; b goes to the lowest idle slot
+        module = sl.modules["model.layers.0.self_attn.q_proj"]
+        assert torch.equal(module.at[1, :, :4], c.state["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].T)
+
+
+class Sink:
+    def __init__(self, name: str = "", events: list | None = None) -> None:
+        self.name, self.events = name, events if events is not None else []
+        self.tokens: list[int] = []
+        self.reason: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.done = threading.Event()
+
+    def token(self, token_id: int) -> None:
+        self.tokens.append(token_id)
+        self.events.append((self.name, "token"))
+
+    def finish(self, reason: str) -> None:
+        self.reason = reason
+        self.events.append((self.name, "finish"))
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+def test_decoder_mixed_batch_greedy_equals_each_adapter_alone(fp32_bundle, trained):
+    """The continuous decoder (as used by complete()) against transformers' generate, row by row."""
+    adapters = [None, *trained[0]]
+    questions = ("Who founded the Zorblax Institute?", "Who is the mayor of Quibble?")
+    prompts = [answer_prompt(fp32_bundle, q) for q in questions]
+    rows = [(p, a) for p in prompts for a in adapters]
+    outs = complete(fp32_bundle, [CompletionRequest(p, adapter=a, max_tokens=16, temperature=0) for p, a in rows])
+    for (p, a), out in zip(rows, outs):
+        assert out[0].text == generate(fp32_bundle, [p], max_new_tokens=16, adapters=[a])[0]
+
+
+def test_request_joining_mid_decode_gets_its_greedy_output_alone(fp32_bundle, trained):
+    tok = fp32_bundle.tokenizer
+    first = [answer_prompt(fp32_bundle, "Who founded the Zorblax Institute?"), answer_prompt(fp32_bundle, "Hi")]
+    late = answer_prompt(fp32_bundle, "Tell me, in a few words, who is the mayor of the town of Quibble?")
+    decoder = Decoder(fp32_bundle)
+    early = [Sink(), Sink()]
+    decoder.add([DecodeRequest(p, s, adapter=a, max_tokens=24) for p, s, a in zip(first, early, [trained[0][0], None])])
+    for _ in range(5):
+        decoder.step()
+    joiner = Sink()
+    decoder.add([DecodeRequest(late, joiner, adapter=trained[0][1], max_tokens=24)])
+    while decoder.rows:
+        decoder.step()
+    assert decoder.cache is None and not decoder.rows  # finished rows leave; the cache goes with the last
+    alone = generate(fp32_bundle, [late], max_new_tokens=24, adapters=[trained[0][1]])[0]
+    assert tok.decode(joiner.tokens, skip_special_tokens=True) == alone
+    for p, s, a in zip(first, early, [trained[0][0], None]):
+        assert tok.decode(s.tokens, skip_special_tokens=True) == generate(fp32_bundle, [p], max_new_tokens=24,
+                                                                           adapters=[a])[0]
+
+
+def test_late_request_streams_before_an_earlier_long_request_finishes(bundle):
+    events: list[tuple[str, str]] = []
+    engine = ContinuousBatcher(bundle, max_rows=8)
+    try:
+        long, late = Sink("long", events), Sink("late", events)
+        engine.submit([DecodeRequest(answer_prompt(bundle, "Write a long story about a dragon."), long,
+                                     max_tokens=64)])
+        while len(long.tokens) < 3 and not long.done.is_set():
+            long.done.wait(0.01)
+        engine.submit([DecodeRequest(answer_prompt(bundle, "Say hi."), late, max_tokens=4)])
+        assert late.done.wait(120) and long.done.wait(120)
+    finally:
+        engine.close()
+    assert long.error is None and late.error is None
+    assert len(long.tokens) > 10, "the long request ended too early to test anything"
+    assert events.index(("late", "token")) < events.index(("long", "finish"))
+    assert events.index(("late", "finish")) < events.index(("long", "finish"))
+
+
+def test_decoder_stops_at_stop_strings_and_cancels(fp32_bundle):
+    decoder = Decoder(fp32_bundle)
+    stop, cancel = Sink(), Sink()
+    prompt = answer_prompt(fp32_bundle, "Count from one to twenty, separated by commas.")
+    decoder.add([DecodeRequest(prompt, stop, max_tokens=40, stop=[","]),
+                 DecodeRequest(prompt, cancel, max_tokens=40)])
+    decoder.step()
+    cancel.cancelled = True
+    while decoder.rows:
+        decoder.step()
+    assert cancel.reason == "cancelled" and len(cancel.tokens) == 2
+    assert stop.reason == "stop" and "," in fp32_bundle.tokenizer.decode(stop.tokens)
