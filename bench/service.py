@@ -44,20 +44,24 @@ def wait_job(base: str, headers: dict, job_id: str, timeout: float) -> dict:
     raise TimeoutError(job_id)
 
 
-async def chat_burst(base: str, key: str, models: list[str], n: int, tokens: int) -> tuple[float, int]:
+async def chat_burst(base: str, key: str, models: list[str], n: int, tokens: int,
+                     stagger: float = 0.0) -> tuple[float, int, list[float]]:
+    """n chats, request i sent i*stagger seconds after the first: (seconds, completion tokens, latencies)."""
     async with httpx.AsyncClient(base_url=base, headers=bearer(key), timeout=600) as client:
-        async def one(i: int) -> int:
+        async def one(i: int, delay: float) -> tuple[int, float]:
+            await asyncio.sleep(delay)
+            t0 = time.perf_counter()
             r = await client.post("/v1/chat/completions", json={
                 "model": models[i % len(models)], "temperature": 0, "max_tokens": tokens,
                 "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
             })
             r.raise_for_status()
-            return r.json()["usage"]["completion_tokens"]
+            return r.json()["usage"]["completion_tokens"], time.perf_counter() - t0
 
-        await asyncio.gather(one(0))  # warm-up
+        await asyncio.gather(one(0, 0.0))  # warm-up
         t = time.perf_counter()
-        counts = await asyncio.gather(*(one(i) for i in range(n)))
-        return time.perf_counter() - t, sum(counts)
+        done = await asyncio.gather(*(one(i, i * stagger) for i in range(n)))
+        return time.perf_counter() - t, sum(c for c, _ in done), [lat for _, lat in done]
 
 
 def write_random_adapters(data_dir: str, directory: Path, n: int) -> list[Path]:
@@ -121,6 +125,7 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=16)
     ap.add_argument("--adapters", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--stagger", type=float, default=0.0, help="seconds between request arrivals (0: all at once)")
     ap.add_argument("--data-dir", default=str(Path.home() / ".cache" / "seal-test"))
     ap.add_argument("--chat-only", action="store_true", help="skip the jobs; chat with random adapters")
     ap.add_argument("--json", dest="json_out", default=None)
@@ -137,7 +142,7 @@ def main() -> None:
                  state / "serve.log")
     base = f"http://127.0.0.1:{port}"
     results: dict = {"jobs": 0 if args.chat_only else args.jobs, "self_edits": args.self_edits,
-                     "concurrent": args.concurrent, "tokens": args.tokens}
+                     "concurrent": args.concurrent, "tokens": args.tokens, "stagger_s": args.stagger}
     try:
         if args.chat_only:
             wait_http(base + "/healthz", 300, serve)
@@ -153,9 +158,11 @@ def main() -> None:
 
         base_model = httpx.get(f"{base}/v1/models", headers=bearer(key)).json()["data"][0]["id"]
         for name, models in (("base", [base_model]), (f"{args.adapters}_adapters", adapters[: args.adapters])):
-            secs, toks = asyncio.run(chat_burst(base, key, models, args.concurrent, args.tokens))
-            results[name] = {"seconds": secs, "completion_tokens": toks, "tokens_per_s": toks / secs}
-            print(f"{args.concurrent} concurrent chats on {name}: {toks} tokens in {secs:.1f} s = {toks / secs:.1f} tok/s")
+            secs, toks, lat = asyncio.run(chat_burst(base, key, models, args.concurrent, args.tokens, args.stagger))
+            results[name] = {"seconds": secs, "completion_tokens": toks, "tokens_per_s": toks / secs,
+                             "latency_median_s": statistics.median(lat), "latency_max_s": max(lat)}
+            print(f"{args.concurrent} chats on {name} (stagger {args.stagger:g} s): {toks} tokens in {secs:.1f} s = "
+                  f"{toks / secs:.1f} tok/s; latency median {statistics.median(lat):.1f} s, max {max(lat):.1f} s")
         results["adapters_vs_base"] = results[f"{args.adapters}_adapters"]["tokens_per_s"] / results["base"]["tokens_per_s"]
         print(f"{args.adapters} adapters / base: {results['adapters_vs_base']:.2f}x")
     finally:

@@ -2,11 +2,14 @@
 
 32 concurrent requests of 64 new tokens (greedy), three ways, in one process:
   (i)   base model alone, one batch;
-  (ii)  32 distinct adapters, one mixed batch (our multi-LoRA path);
+  (ii)  32 distinct adapters, one mixed batch (our multi-LoRA path; ``--adapters K``: the
+        requests spread round-robin over K adapters);
   (iii) plain PEFT, adapter swapping: load request i's adapter from disk, generate, unload.
 Then the memory cost of 100 registered adapters held in the adapter LRU.
+(i) and (ii) go through ``seal_engine.serving.complete``, as the service does.
 
     python bench/serving.py --requests 32 --tokens 64 --registered 100
+    python bench/serving.py --requests 16 --adapters 4 --skip-swapping --registered 0
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--adapters", type=int, default=None, help="distinct adapters in (ii) (default: one per request)")
+    ap.add_argument("--skip-swapping", action="store_true", help="skip (iii)")
     ap.add_argument("--registered", type=int, default=100)
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
@@ -71,10 +76,11 @@ def main() -> None:
     prompts = [chat_prompt(bundle, [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]) for i in range(args.requests)]
     tmp = Path(tempfile.mkdtemp(prefix="seal-bench-"))
     paths = make_adapters(bundle, settings, max(args.requests, args.registered), tmp)
-    cache = AdapterCache(max_items=args.registered)
-    adapters = [cache.get(p) for p in paths[: args.requests]]
+    k = args.adapters or args.requests
+    cache = AdapterCache(max_items=max(args.registered, k))  # one object per adapter: rows share it
+    adapters = [cache.get(paths[i % k]) for i in range(args.requests)]
     results: dict = {"model": bundle.model_id, "dtype": str(bundle.dtype), "threads": torch.get_num_threads(),
-                     "requests": args.requests, "max_tokens": args.tokens, "rank": settings.lora.rank}
+                     "requests": args.requests, "adapters": k, "max_tokens": args.tokens, "rank": settings.lora.rank}
 
     def run(name: str, reqs: list[CompletionRequest]) -> None:
         complete(bundle, reqs[:2])  # warm-up (kernel selection for these shapes)
@@ -89,7 +95,18 @@ def main() -> None:
     run("base", [CompletionRequest(p, **greedy) for p in prompts])
     run("multi_adapter_batched", [CompletionRequest(p, adapter=a, **greedy) for p, a in zip(prompts, adapters)])
 
-    # (iii) adapter swapping with plain PEFT, one request at a time.
+    results["batched_vs_base"] = results["multi_adapter_batched"]["tokens_per_s"] / results["base"]["tokens_per_s"]
+    print(f"multi-adapter / base: {results['batched_vs_base']:.2f}x")
+    if not args.skip_swapping:
+        swapping(args, bundle, prompts, paths, results)
+    if args.registered:
+        registered(args, paths, results)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=1))
+
+
+def swapping(args: argparse.Namespace, bundle, prompts: list[str], paths: list[Path], results: dict) -> None:
+    """(iii) adapter swapping with plain PEFT, one request at a time."""
     tok = bundle.tokenizer
     t = time.perf_counter()
     toks = 0
@@ -104,12 +121,12 @@ def main() -> None:
     results["peft_swapping"] = {"seconds": secs, "tokens": toks, "tokens_per_s": toks / secs}
     print(f"{'peft_swapping':22s} {toks:5d} tokens {secs:7.1f} s {toks / secs:8.1f} tok/s", flush=True)
 
-    results["batched_vs_base"] = results["multi_adapter_batched"]["tokens_per_s"] / results["base"]["tokens_per_s"]
     results["batched_vs_swapping"] = results["multi_adapter_batched"]["tokens_per_s"] / results["peft_swapping"]["tokens_per_s"]
-    print(f"multi-adapter / base: {results['batched_vs_base']:.2f}x; multi-adapter / swapping: {results['batched_vs_swapping']:.1f}x")
+    print(f"multi-adapter / swapping: {results['batched_vs_swapping']:.1f}x")
 
-    # Memory: 100 adapters registered and resident in the LRU.
-    del adapters
+
+def registered(args: argparse.Namespace, paths: list[Path], results: dict) -> None:
+    """Memory: ``--registered`` adapters resident in the LRU."""
     gc.collect()
     before = rss_mb()
     big = AdapterCache(max_items=args.registered)
@@ -120,8 +137,6 @@ def main() -> None:
                                       "adapters_mb_total": big.num_bytes / 2**20, "rss_before_mb": before,
                                       "rss_after_mb": after, "peak_rss_mb": psutil.Process().memory_info().rss / 2**20}
     print(f"{len(big)} adapters resident: {big.num_bytes / 2**20:.0f} MiB of tensors, RSS {before:.0f} -> {after:.0f} MiB")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
