@@ -291,11 +291,13 @@ def train_policy(
     if not kept:
         return None
     if config.is_task:
-        from .fewshot.prompts import RESPONSE_PREFIX as prefix
+        from .fewshot.rl_hooks import recipe_completion
+
+        pairs = [(p, recipe_completion(t)) for p, t in kept]
     else:
         strat = get_strategy(config.strategy, config.template)
         prefix = strat.response_prefix if strat else ""
-    pairs = [(p, t[len(prefix):] if prefix and t.startswith(prefix) else t) for p, t in kept]
+        pairs = [(p, t[len(prefix):] if prefix and t.startswith(prefix) else t) for p, t in kept]
     init = policy if config.policy_init == "stack" else None
     return train_sft(bundle, pairs, config.sft, init=init, seed=config.sft.seed + iteration, on_step=on_step)
 

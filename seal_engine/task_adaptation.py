@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .fewshot.arc import ArcTask
 from .fewshot.execute import RecipeRun, execute_recipe, uses_paraphrases
-from .fewshot.inference import ArcOutcome, Outcome, run_jobs
+from .fewshot.inference import run_jobs
 from .fewshot.paraphrase import paraphrase_inputs
 from .fewshot.prompts import SYSTEM, FewShotTask, domain_of
 from .fewshot.recipe_sampling import sample_recipes
@@ -82,10 +82,6 @@ def prompt_format(task: FewShotTask) -> dict:
     return {"system": SYSTEM[domain], "user_example": user}
 
 
-def _score(o: Outcome) -> float:
-    return o.reward if isinstance(o, ArcOutcome) else o.accuracy
-
-
 def _has_heldout(task: FewShotTask) -> bool:
     return task.test_outputs is not None if isinstance(task, ArcTask) else bool(task.test)
 
@@ -137,36 +133,33 @@ def adapt_task(
             runs.append(None)
     if not any(runs) and source == "given":
         raise RecipeError(f"the given recipe cannot be used: {reasons[0]}")
+    candidate_texts = list(texts)
     if not any(runs):
         default = default_recipe(domain)
         recipes.append(default)
-        texts_default = default.to_json()
+        candidate_texts.append(default.to_json())
         reasons.append(None)
         runs.append(execute_recipe(bundle, task, default, settings, seed=seed, paraphrases=paraphrases,
                                    on_step=lambda s, n, _l: report("training", s, n)))
         source = "default"
-    else:
-        texts_default = None
     timings["training_s"] = time.perf_counter() - t
 
-    candidates = [{"text": texts[i] if i < len(texts) else texts_default, "valid": recipes[i] is not None,
-                   "executed": runs[i] is not None, "reason": reasons[i]} for i in range(len(recipes))]
-    chosen = next(i for i, r in enumerate(runs) if r is not None)
+    candidates = [{"text": text, "valid": r is not None, "executed": run is not None, "reason": reason}
+                  for text, r, run, reason in zip(candidate_texts, recipes, runs, reasons)]
+    executed = [i for i, r in enumerate(runs) if r is not None]
+    chosen = executed[0]
     result = TaskAdaptationResult(f"recipe-{domain}", task, prompts, texts, recipes[chosen], source,
                                   runs[chosen].adapter, candidates, timings=timings)  # type: ignore[union-attr]
     if grade_all:
         t = time.perf_counter()
         report("evaluation", 0, 1)
-        executed = [i for i, r in enumerate(runs) if r is not None]
         outcomes = run_jobs(bundle, [(task, None)] + [(task, runs[i].adapter) for i in executed], settings)  # type: ignore[union-attr]
-        scores = [_score(o) for o in outcomes]
-        for i, s in zip(executed, scores[1:]):
-            candidates[i]["heldout"] = s
+        scores = [o.reward for o in outcomes]  # ARC: solved (pass@2) 1/0; text: held-out accuracy
+        for i, score in zip(executed, scores[1:]):
+            candidates[i]["heldout"] = score
         best = max(range(len(executed)), key=lambda j: (scores[1 + j], -j))
         chosen = executed[best]
         result.recipe, result.adapter = recipes[chosen], runs[chosen].adapter  # type: ignore[union-attr,assignment]
-        if chosen == len(texts) and source != "given":
-            result.recipe_source = "default"
         result.in_context, result.adapted = scores[0], scores[1 + best]
         report("evaluation", 1, 1)
         timings["evaluation_s"] = time.perf_counter() - t

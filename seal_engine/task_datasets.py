@@ -16,13 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .fewshot.arc import ArcTask, TaskError, load_tasks, task_from_dict
+from .fewshot.arc import ArcTask, TaskError, task_from_dict
+from .fewshot.prompts import FewShotTask
 from .fewshot.text_tasks import TextTask, text_task, text_task_suite
 
 BUILTIN_TEXT_SUITE = "builtin:text-suite"
 TASK_KINDS = ("text", "arc")
-
-FewShotTask = ArcTask | TextTask
 
 
 def _solutions_beside(challenges: Path) -> Path | None:
@@ -61,20 +60,23 @@ def load_task_dataset(kind: str, source: str, solutions: str | None = None) -> l
             raise TaskError(f"{BUILTIN_TEXT_SUITE} is a text-task suite")
         return list(text_task_suite(0))
     path = Path(source).expanduser()
-    if not path.is_file():
-        raise TaskError(f"no such file: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise TaskError(f"{path}: malformed JSON ({e})") from None
+    data = _read_json(path)
     if kind == "text":
         return text_tasks_from_list(data)
     sol_path = Path(solutions).expanduser() if solutions else _solutions_beside(path)
-    if solutions and not sol_path.is_file():
-        raise TaskError(f"no such file: {sol_path}")
-    if sol_path is not None:
-        return load_tasks(path, sol_path)
-    return arc_tasks_from_dict(data)
+    sols = _read_json(sol_path) if sol_path is not None else None
+    if sols is not None and not isinstance(sols, dict):
+        raise TaskError(f"{sol_path}: solutions are a {{task_id: [grid, ...]}} object")
+    return arc_tasks_from_dict(data, sols)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise TaskError(f"no such file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise TaskError(f"{path}: malformed JSON ({e})") from None
 
 
 def tasks_from_uploads(kind: str, items: Sequence[Any]) -> list[FewShotTask]:

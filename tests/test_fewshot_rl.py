@@ -64,3 +64,36 @@ def test_one_iteration_over_a_text_task(bundle, engine_settings):
     kept = [s for s in pr.samples if s.reward > 0 and s.error is None]
     assert result.metrics["kept"] == (1 if kept else 0)
     assert (result.policy is not None) == bool(kept)
+
+
+def test_recipe_completion_is_what_follows_the_prompt():
+    from seal_engine.fewshot.prompts import RESPONSE_PREFIX
+    from seal_engine.fewshot.rl_hooks import recipe_completion
+
+    written = RESPONSE_PREFIX + '"basic"], "loss": "output", "learning_rate": 0.001, "epochs": 2}'
+    assert recipe_completion(written) == written[len(RESPONSE_PREFIX):]
+    # A recipe found in chatter is fine-tuned on in its canonical form.
+    chatty = 'Sure: {"epochs": 2, "loss": "all", "learning_rate": 0.01, "augmentations": []} ok?'
+    got = RESPONSE_PREFIX + recipe_completion(chatty)
+    assert json.loads(got) == {"augmentations": [], "loss": "all", "learning_rate": 0.01, "epochs": 2}
+
+
+def test_bad_task_files_are_task_errors(tmp_path):
+    from seal_engine.fewshot.arc import TaskError
+
+    ch = tmp_path / "x_challenges.json"
+    ch.write_text(json.dumps({"t1": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[1]]}]}}))
+    (tmp_path / "x_solutions.json").write_text("{oops")
+    with pytest.raises(TaskError, match="malformed JSON"):
+        load_task_dataset("arc", str(ch))
+    (tmp_path / "x_solutions.json").write_text("[1, 2]")
+    with pytest.raises(TaskError, match="solutions are"):
+        load_task_dataset("arc", str(ch))
+    (tmp_path / "x_solutions.json").write_text(json.dumps({"t1": [[[2]]]}))
+    [task] = load_task_dataset("arc", str(ch))  # the solutions file beside the challenges
+    assert task.test_outputs == (((2,),),) and gradable(task)
+    with pytest.raises(TaskError, match="no such file"):
+        load_task_dataset("arc", str(ch), solutions=str(tmp_path / "missing.json"))
+    (tmp_path / "t.json").write_text(json.dumps({"not": "a list"}))
+    with pytest.raises(TaskError):
+        load_task_dataset("text", str(tmp_path / "t.json"))

@@ -163,9 +163,17 @@ def test_serving_kernels_match_training_kernel(fp32_bundle, bundle, dtype):
             segment = b.model(**ids).logits
             sl.route(None)
             base = b.model(**ids).logits
-    atol = 1e-4 if dtype == "float32" else 0.1
+    if dtype == "bfloat16":
+        # bf16 rounds the LoRA term at every layer where the training kernel kept it in fp32,
+        # so compare both against the fp32 truth: serving may drift a little further, not much.
+        truth = training_kernel_logits(fp32_bundle, adapters, rows, ids)
+        old_err = (old.float() - truth).abs().mean()
     for new in (gathered, segment):
-        assert torch.allclose(new.float(), old.float(), atol=atol), (new.float() - old.float()).abs().max()
+        if dtype == "float32":
+            assert torch.allclose(new, old, atol=1e-4), (new - old).abs().max()
+        else:
+            err = (new.float() - truth).abs().mean()
+            assert err < 1.5 * old_err, (err, old_err)
         assert torch.equal(new.argmax(-1), old.argmax(-1))
     assert torch.equal(gathered[1], base[1])  # a row without adapter is the base model, exactly
     assert not torch.allclose(gathered[0].float(), base[0].float(), atol=1e-2)

@@ -115,7 +115,10 @@ def test_task_rl_runs_validate_their_tasks(svc):
     if arc_train.exists():
         r = svc.client.post("/v1/admin/rl-runs", headers=svc.admin, json={**base, "task": "arc", "dataset": str(arc_train)})
         assert r.status_code == 202, r.text
-    for bad in [{"dataset": "builtin:text-suite", "repeats": 2}, {"task": "arc", "dataset": "builtin:text-suite"},
+    broken = svc.tmp / "broken_challenges.json"
+    broken.write_text('{"t": {"train": [{"input": [[1]], "output": [[1]]}], "test": [{"input": [[1]]}]}}')
+    (svc.tmp / "broken_solutions.json").write_text("{oops")
+    for bad in [{"task": "arc", "dataset": str(broken)}, {"dataset": "builtin:text-suite", "repeats": 2}, {"task": "arc", "dataset": "builtin:text-suite"},
                 {"documents": [{"text": "x", "questions": [{"question": "q", "answer": "a"}]}]},
                 {"tasks": [{"name": "no-heldout", "train": UPPER}]}, {"tasks": [{"train": UPPER[:1], "test": HELD}]},
                 {"dataset": str(Path("/nonexistent/tasks.json"))}, {"task": "poems", "dataset": "builtin:text-suite"}]:

@@ -549,17 +549,11 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
         from seal_engine.grading import LLMJudge
 
         extra["judge"] = LLMJudge(settings.judge)
-    if spec.policy_id is not None and spec.task is not None:
-        if not spec.policy_path:
-            raise JobError(f"policy checkpoint {spec.policy_id} has no stored weights")
-        from seal_engine.lora import load_adapter
-
-        extra["policy"] = load_adapter(spec.policy_path)
-    elif spec.policy_id is not None:
-        # Self-edits written by a trained policy (an adapter on the generator): needs an engine
-        # whose adapt() takes ``policy``; an older engine fails the job rather than silently
-        # writing self-edits with the base model.
-        if not _accepts(adapt_fn, "policy"):
+    if spec.policy_id is not None:
+        # Self-edits (or task recipes) written by a trained policy, an adapter on the generator.
+        # A document engine whose adapt() takes no ``policy`` fails the job rather than
+        # silently writing self-edits with the base model.
+        if spec.task is None and not _accepts(adapt_fn, "policy"):
             raise JobError(f"policy checkpoint {spec.policy_id} cannot be applied by this engine version")
         if not spec.policy_path:
             raise JobError(f"policy checkpoint {spec.policy_id} has no stored weights")

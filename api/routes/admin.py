@@ -28,7 +28,6 @@ from ..db.models import (
     Tenant,
     WorkerHeartbeat,
 )
-from ..db.session import session_scope
 from ..deps import AdminDep, DbDep, SettingsDep
 from ..errors import APIError, field_error, not_found
 from ..jobs import job_out, policy_family, same_family, valid_id
@@ -150,26 +149,17 @@ def _get_run(db, run_id: str) -> RLRun:  # noqa: ANN001
     return run
 
 
-def _run_row(settings, run_id: str) -> RLRun | None:  # noqa: ANN001
-    with session_scope(settings.resolved_database_url) as s:
-        run = s.get(RLRun, run_id)
-        if run is not None:
-            s.expunge(run)
-        return run
-
-
-def _send_step(request: Request, settings, run_id: str) -> None:  # noqa: ANN001
+def _send_step(request: Request, settings, run: RLRun) -> None:  # noqa: ANN001
     from workers.app import dispatch_rl
     from workers.rl_leases import STEP, mark_dispatched
 
     try:
-        dispatch_rl(request.app.state.celery, settings, "step", [run_id])
+        dispatch_rl(request.app.state.celery, settings, "step", [run.id])
     except Exception:
         raise APIError(503, "the job queue is unavailable; try again later (POST .../resume)",
                        code="queue_unavailable") from None
     # Recorded so the workers' recovery sweep can tell a message that never arrived.
-    run = _run_row(settings, run_id)
-    mark_dispatched(settings, run_id, int((run.metrics or {}).get("iteration", 0)) if run else 0, [STEP])
+    mark_dispatched(settings, run.id, int((run.metrics or {}).get("iteration", 0)), [STEP])
 
 
 @router.post("/rl-runs", status_code=202, summary="Start a ReST-EM run that trains the self-edit policy")
@@ -193,7 +183,7 @@ def create_rl_run(body: RLRunCreate, request: Request, db: DbDep, settings: Sett
                 base_model=settings.model_id, strategy=strategy, config=config, metrics={"iteration": 0})
     db.add(run)
     db.commit()
-    _send_step(request, settings, run.id)
+    _send_step(request, settings, run)
     db.refresh(run)
     return JSONResponse(_rl_out(db, run), status_code=202, headers={"Location": f"/v1/admin/rl-runs/{run.id}"})
 
@@ -318,5 +308,5 @@ def resume_rl_run(run_id: str, request: Request, db: DbDep, settings: SettingsDe
         run.status, run.stage, run.error, run.finished_at = QUEUED, "queued", None, None
     run.attempts = (run.attempts or 0) + 1
     db.commit()
-    _send_step(request, settings, run.id)
+    _send_step(request, settings, run)
     return _rl_out(db, run)

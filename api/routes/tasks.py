@@ -8,7 +8,6 @@ worker, the lease, recovery, registration, events and cancel are the same machin
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -23,7 +22,6 @@ from ..jobs import adapter_id_for, promoted_policy, queue_job, valid_id
 from ..schemas import Progress, SelfEditOut, SolveIn, SolveOut, TaskCreate, TaskOut
 from . import adaptations
 
-log = logging.getLogger("seal.api")
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 MAX_TEXT_CHARS = 4000

@@ -6,7 +6,7 @@
   only, ``passage_accuracy``/``passage_reward`` the fixed default recipe, and whose
   samples carry reward 1/0 (ARC solved, pass@2) or held-out accuracy (text). A recipe
   that is invalid or refused gets reward 0 and its reason in ``error``.
-- :func:`policy_sft_pairs`: the (prompt, completion) pairs to fine-tune the writer on.
+- :func:`recipe_completion`: the completion the writer is fine-tuned on for a kept recipe.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .inference import ArcOutcome, Outcome, run_jobs
 from .paraphrase import paraphrase_inputs
 from .prompts import RESPONSE_PREFIX, FewShotTask, domain_of
 from .recipe_sampling import RecipeDraw, parse_draw, sample_recipes
-from .recipes import Recipe, RecipeError, default_recipe
+from .recipes import Recipe, RecipeError, default_recipe, find_json_object
 from .settings import FewShotSettings
 
 
@@ -157,17 +157,11 @@ def evaluate_task_recipes(
     return evaluate_task(bundle, task, task_index, prompt, recipe_texts, settings, seed=seed).result
 
 
-def policy_sft_pairs(results: Sequence[PassageResult], min_reward: float = 1e-9) -> list[tuple[str, str]]:
-    """ReST-EM's kept set: each task's best executed recipe with reward >= ``min_reward``,
-    as (prompt, completion). The prompt ends with the response prefix, so the completion
-    is what follows it (the canonical JSON when the writer's text did not start with it)."""
-    pairs = []
-    for r in results:
-        ok = [s for s in r.samples if getattr(s, "error", None) is None and s.reward >= min_reward]
-        if ok:
-            best = max(ok, key=lambda s: (s.reward, -s.sample))
-            text = best.text
-            if not text.startswith(RESPONSE_PREFIX):
-                text = Recipe(**getattr(best, "recipe", None) or {}).to_json()
-            pairs.append((best.prompt, text[len(RESPONSE_PREFIX):]))
-    return pairs
+def recipe_completion(text: str) -> str:
+    """What the recipe writer is fine-tuned to produce after its prompt (which ends with the
+    response prefix): the rest of ``text``, or the canonical JSON of the recipe in it when the
+    writer's text did not start with the prefix."""
+    if text.startswith(RESPONSE_PREFIX):
+        return text[len(RESPONSE_PREFIX):]
+    data, _, _ = find_json_object(text)
+    return Recipe(**data).to_json()[len(RESPONSE_PREFIX):]
