@@ -34,8 +34,11 @@ def generate(
     model: torch.nn.Module | None = None,
     adapters: Sequence[LoraAdapter | None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None,
 ) -> list[str]:
     """Completions for ``prompts``, in order. Greedy when temperature is 0.
+
+    ``allowed_tokens`` constrains decoding (transformers' ``prefix_allowed_tokens_fn``).
 
     ``adapters`` gives each prompt its own adapter (None: the base model); rows with
     different adapters share every batch. ``model`` overrides the bundle's model
@@ -55,10 +58,13 @@ def generate(
                 ml.route(slot_of[start : start + n])
 
             return _generate(
-                bundle, prompts, bundle.model, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, route
+                bundle, prompts, bundle.model, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, route,
+                allowed_tokens,
             )
     net = model if model is not None else bundle.model
-    return _generate(bundle, prompts, net, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, None)
+    return _generate(
+        bundle, prompts, net, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, None, allowed_tokens
+    )
 
 
 def _generate(
@@ -73,6 +79,7 @@ def _generate(
     stop: Sequence[str],
     on_batch: Callable[[int], None] | None,
     route: Callable[[int, int], None] | None,
+    allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None,
 ) -> list[str]:
     tok = bundle.tokenizer
     if seed is not None:
@@ -83,6 +90,8 @@ def _generate(
         kwargs.update(temperature=temperature, top_p=top_p)
     else:
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    if allowed_tokens is not None:
+        kwargs["prefix_allowed_tokens_fn"] = allowed_tokens
     outs: list[str] = []
     with bundle.lock:
         for start in range(0, len(prompts), batch_size):

@@ -4,7 +4,9 @@
   solutions are read from the file beside it whose name has ``solutions`` for
   ``challenges`` (the shared data's layout), or from ``solutions``;
 - a text-task file: ``[{"name"?, "train": [{input, output}], "test": [{input, output}]}]``;
-- ``builtin:text-suite``: the generated text-task suite (seed 0).
+- ``builtin:text-suite``: the generated text-task suite (seed 0, what benchmarks evaluate);
+  ``builtin:text-suite:SEED`` the same task families with other examples (e.g. to train
+  a recipe writer on instances the benchmark does not use).
 
 Only tasks with known held-out outputs can be rewarded; :func:`gradable` says which.
 """
@@ -55,10 +57,13 @@ def load_task_dataset(kind: str, source: str, solutions: str | None = None) -> l
     """Tasks of ``kind`` ("text" or "arc") from a path or ``builtin:text-suite``; TaskError on bad input."""
     if kind not in TASK_KINDS:
         raise TaskError(f"unknown task kind {kind!r}; choose {' or '.join(TASK_KINDS)}")
-    if source == BUILTIN_TEXT_SUITE:
+    if source == BUILTIN_TEXT_SUITE or source.startswith(BUILTIN_TEXT_SUITE + ":"):
         if kind != "text":
             raise TaskError(f"{BUILTIN_TEXT_SUITE} is a text-task suite")
-        return list(text_task_suite(0))
+        seed = source[len(BUILTIN_TEXT_SUITE) + 1:] or "0"
+        if not seed.isdigit():
+            raise TaskError(f"{source!r}: the suite's seed is a whole number ({BUILTIN_TEXT_SUITE}:SEED)")
+        return list(text_task_suite(int(seed)))
     path = Path(source).expanduser()
     data = _read_json(path)
     if kind == "text":

@@ -15,6 +15,7 @@ from seal_engine.fewshot.recipes import (
     parse_recipe,
     recipe_steps,
     schema_text,
+    validate_recipe,
 )
 from seal_engine.fewshot.settings import FewShotSettings
 from seal_engine.fewshot.voting import exact_match, solved, vote
@@ -138,3 +139,47 @@ def test_text_exact_match():
     assert exact_match(" dax\n", "dax")
     assert not exact_match("Dax", "dax")
     assert not exact_match("dax.", "dax")
+
+
+def test_constrained_pattern_accepts_exactly_canonical_recipes():
+    import re
+
+    from seal_engine.fewshot.constrained import recipe_pattern
+    from seal_engine.fewshot.prompts import RESPONSE_PREFIX
+
+    settings = FewShotSettings(max_epochs=6)
+    arc, text = recipe_pattern("arc", settings), recipe_pattern("text", settings)
+
+    def completion(recipe: Recipe) -> str:
+        return recipe.to_json()[len(RESPONSE_PREFIX):]
+
+    ok = [Recipe(augmentations=("basic", "chain"), loss="all", learning_rate=3e-4, epochs=6), default_recipe("arc"),
+          Recipe(augmentations=(), learning_rate=1e-4, epochs=1)]
+    for r in ok:
+        assert re.fullmatch(arc, completion(r)), r
+        validate_recipe(json.loads(r.to_json()), "arc", settings)
+    assert re.fullmatch(text, completion(default_recipe("text")))
+    bad = [
+        Recipe(augmentations=("basic",), learning_rate=5e-4, epochs=2),  # off the learning-rate grid
+        Recipe(augmentations=("basic",), epochs=7),  # above max_epochs
+        Recipe(augmentations=("paraphrase",)),  # a text group in an ARC recipe
+    ]
+    for r in bad:
+        assert not re.fullmatch(arc, completion(r)), r
+    assert not re.fullmatch(arc, 'group names], "loss": "all" or "output", "learning_rate": 0.001, "epochs": 2}')
+    assert not re.fullmatch(arc, '], "loss": "output", "learning_rate": 0.001, "epochs": 2} and more')
+
+
+def test_learning_rate_grid_must_lie_within_bounds():
+    assert FewShotSettings(recipe_learning_rates=[1e-3, 1e-4, 1e-3]).recipe_learning_rates == [1e-4, 1e-3]
+    with pytest.raises(ValueError, match="within"):
+        FewShotSettings(recipe_learning_rates=[0.5])
+    with pytest.raises(ValueError, match="within"):
+        FewShotSettings(recipe_learning_rates=[])
+    assert "one of 0.0001, 0.0003, 0.001, 0.003" in schema_text("text", FewShotSettings())
+    assert "number from" in schema_text("text", FewShotSettings(recipe_decoding="free"))
+
+
+def test_default_learning_rate_grid_follows_the_bounds():
+    assert FewShotSettings(lr_max=1e-3).recipe_learning_rates == [1e-4, 3e-4, 1e-3]
+    assert FewShotSettings(lr_min=0.005, lr_max=0.008).recipe_learning_rates == [0.005, 0.008]

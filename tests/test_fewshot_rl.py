@@ -10,7 +10,7 @@ from seal_engine.fewshot.settings import FewShotSettings
 from seal_engine.fewshot.text_tasks import text_task
 from seal_engine.rl import PassageResult, RLConfig, run_iteration, select_best
 from seal_engine.settings import LoraSettings, SFTSettings
-from seal_engine.task_datasets import gradable, load_task_dataset, task_from_json, task_to_dict
+from seal_engine.task_datasets import TaskError, gradable, load_task_dataset, task_from_json, task_to_dict
 
 UPPER = text_task("upper", [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden")],
                   [{"input": w, "output": w.upper()} for w in ("window", "rocket")])
@@ -22,6 +22,11 @@ def test_task_round_trip_and_gradable():
     assert not gradable(text_task("x", [("a", "A"), ("b", "B")]))
     suite = load_task_dataset("text", "builtin:text-suite")
     assert len(suite) >= 20 and all(gradable(t) for t in suite)
+    other = load_task_dataset("text", "builtin:text-suite:1")  # same families, other examples
+    assert [t.name for t in other] == [t.name for t in suite] and other != suite
+    assert load_task_dataset("text", "builtin:text-suite:0") == suite
+    with pytest.raises(TaskError, match="seed"):
+        load_task_dataset("text", "builtin:text-suite:x")
 
 
 def test_config_rules_for_tasks():

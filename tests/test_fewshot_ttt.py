@@ -92,12 +92,12 @@ def test_refused_recipe_is_not_trained(bundle):
         execute_recipe(bundle, task, big, FewShotSettings(step_budget=5), seed=0)
 
 
-def test_recipe_sampling_and_resampling(bundle):
+def test_free_recipe_sampling_and_resampling(bundle):
     from seal_engine.fewshot.prompts import RESPONSE_PREFIX, recipe_prompt
     from seal_engine.fewshot.recipe_sampling import sample_recipes
 
     tasks = [_task(LEARNED_TASK), _flip_task()]
-    settings = FewShotSettings(max_resamples=1, recipe_max_new_tokens=48)
+    settings = FewShotSettings(max_resamples=1, recipe_max_new_tokens=48, recipe_decoding="free")
     prompt = recipe_prompt(bundle, tasks[1], settings)
     assert prompt.endswith(RESPONSE_PREFIX) and '"size"' in prompt and "in\n100\n220\n003\nout\n001" in prompt
     drawn = sample_recipes(bundle, tasks, 3, settings, seed=0)
@@ -111,6 +111,21 @@ def test_recipe_sampling_and_resampling(bundle):
                 assert d.tries >= 1 and d.text.endswith("}")  # cut right after the object
             else:
                 assert d.tries == 2  # re-drawn once, then recorded as failed
+
+
+def test_constrained_sampling_writes_only_valid_recipes_and_still_varies(bundle):
+    from seal_engine.fewshot.recipe_sampling import sample_recipes
+
+    tasks = [_task(LEARNED_TASK), _flip_task()]
+    settings = FewShotSettings(max_resamples=0)  # constrained is the default: nothing to re-draw
+    drawn = sample_recipes(bundle, tasks, 6, settings, seed=0)
+    for (_, draws), domain in zip(drawn, ("text", "arc")):
+        assert all(d.ok and d.tries == 1 for d in draws), [d.error for d in draws]
+        # The text is the canonical JSON, so the writer is later fine-tuned on exactly it.
+        assert [d.text for d in draws] == [d.recipe.to_json() for d in draws]
+        assert all(d.recipe.learning_rate in settings.recipe_learning_rates for d in draws)
+        assert len({d.text for d in draws}) > 1  # sampled from the writer, not a fixed answer
+    assert any(d.recipe.augmentations for _, draws in drawn for d in draws)
 
 
 def test_rl_hooks_score_recipes_and_record_failures(bundle):

@@ -9,6 +9,7 @@ from seal_engine.generation import generate
 from seal_engine.lora import LoraAdapter
 from seal_engine.model import ModelBundle
 
+from .constrained import allowed_tokens_fn, recipe_pattern
 from .prompts import RESPONSE_PREFIX, FewShotTask, domain_of, recipe_prompt
 from .recipes import Recipe, RecipeError, find_json_object, validate_recipe
 from .settings import FewShotSettings
@@ -49,21 +50,33 @@ def sample_recipes(
 
     Round 0 samples every task's n recipes in one generate call; each later round
     (at most ``settings.max_resamples``) re-draws only the invalid ones, together.
+    Constrained decoding (the default) only writes valid recipes, unless cut off by
+    ``recipe_max_new_tokens``.
     """
     prompts = [recipe_prompt(bundle, t, settings) for t in tasks]
+    patterns = {d: recipe_pattern(d, settings) for d in dict.fromkeys(domain_of(t) for t in tasks)}
     draws = [[RecipeDraw("", None, "not sampled", 0) for _ in range(n)] for _ in tasks]
     todo = [(i, k) for i in range(len(tasks)) for k in range(n)]
     for round_ in range(settings.max_resamples + 1):
         if not todo:
             break
-        outs = generate(
-            bundle, [prompts[i] for i, _ in todo], max_new_tokens=settings.recipe_max_new_tokens,
-            temperature=settings.recipe_temperature, top_p=settings.recipe_top_p, seed=seed + 7919 * round_,
-            batch_size=max(1, min(len(todo), settings.generation_batch_size * 4)),
-            adapters=[policy] * len(todo) if policy is not None else None,
-        )
+        outs: dict[tuple[int, int], str] = {}
+        # One generate call per domain: a call has one grammar.
+        for domain, pattern in patterns.items():
+            rows = [(i, k) for i, k in todo if domain_of(tasks[i]) == domain]
+            if not rows:
+                continue
+            constrain = allowed_tokens_fn(bundle, pattern) if settings.recipe_decoding == "constrained" else None
+            texts = generate(
+                bundle, [prompts[i] for i, _ in rows], max_new_tokens=settings.recipe_max_new_tokens,
+                temperature=settings.recipe_temperature, top_p=settings.recipe_top_p, seed=seed + 7919 * round_,
+                batch_size=max(1, min(len(rows), settings.generation_batch_size * 4)),
+                adapters=[policy] * len(rows) if policy is not None else None, allowed_tokens=constrain,
+            )
+            outs.update(zip(rows, texts))
         still = []
-        for (i, k), out in zip(todo, outs):
+        for (i, k) in todo:
+            out = outs[(i, k)]
             draw = parse_draw(RESPONSE_PREFIX + out, tasks[i], settings)
             draw.tries = round_ + 1
             draws[i][k] = draw

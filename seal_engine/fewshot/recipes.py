@@ -151,10 +151,14 @@ def default_recipe(domain: Domain) -> Recipe:
 def schema_text(domain: Domain, settings: FewShotSettings) -> str:
     """The recipe format, for the recipe-writing prompt."""
     groups = "\n".join(f'- "{name}": {desc}' for name, desc in GROUPS[domain].items())
+    if settings.recipe_decoding == "constrained":
+        rates = "one of " + ", ".join(json.dumps(r) for r in settings.recipe_learning_rates)
+    else:
+        rates = f"number from {settings.lr_min:g} to {settings.lr_max:g}"
     return (
         "Reply with one JSON object:\n"
         '{"augmentations": [group names], "loss": "all" or "output", '
-        f'"learning_rate": number from {settings.lr_min:g} to {settings.lr_max:g}, '
+        f'"learning_rate": {rates}, '
         f'"epochs": whole number from 1 to {settings.max_epochs}}}\n'
         f"Augmentation groups:\n{groups}\n"
         '"loss": "output" trains on the answers only, "all" on the whole examples.'

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from seal_engine.settings_sections import LoraSettings
 
@@ -28,7 +30,11 @@ class FewShotSettings(BaseModel):
     attempts: int = Field(2, ge=1, le=8, description="answers per ARC test input (pass@k)")
     generation_batch_size: int = Field(8, ge=1, le=256)
     text_max_new_tokens: int = Field(32, ge=1, le=512)
-    # Recipe sampling.
+    # Recipe sampling. "constrained" decodes under the recipe's grammar (always valid JSON,
+    # learning rate from ``recipe_learning_rates``); "free" lets the writer type anything
+    # and re-draws what does not parse (for writers large enough to follow the schema).
+    recipe_decoding: Literal["constrained", "free"] = "constrained"
+    recipe_learning_rates: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
     recipe_temperature: float = Field(1.0, ge=0.0, le=5.0)
     recipe_top_p: float = Field(0.95, gt=0.0, le=1.0)
     recipe_max_new_tokens: int = Field(64, ge=8, le=1024)
@@ -43,6 +49,18 @@ class FewShotSettings(BaseModel):
         if not v or any(n not in (1, 2, 3) for n in v):
             raise ValueError("leave_out holds 1, 2 or 3")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _rates_in_bounds(self) -> FewShotSettings:
+        if self.lr_min > self.lr_max:
+            raise ValueError("lr_min is above lr_max")
+        rates = self.recipe_learning_rates
+        if "recipe_learning_rates" not in self.model_fields_set:  # the default grid follows the bounds
+            rates = [r for r in rates if self.lr_min <= r <= self.lr_max] or [self.lr_min, self.lr_max]
+        if not rates or any(not self.lr_min <= r <= self.lr_max for r in rates):
+            raise ValueError(f"recipe_learning_rates must be non-empty and within [lr_min, lr_max]; got {rates}")
+        self.recipe_learning_rates = sorted(set(rates))
+        return self
 
     @field_validator("inference_transforms")
     @classmethod
