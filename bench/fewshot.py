@@ -96,13 +96,15 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--views", help="comma-separated ARC inference transforms")
+    p.add_argument("--paraphrases", type=int, help="paraphrases per train input for the text paraphrase group")
+    p.add_argument("--resume", action="store_true", help="keep the tasks already in --out (same arguments)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench/results/fewshot.json"))
     args = p.parse_args()
 
     update = {k: v for k, v in {
         "max_examples": args.max_examples, "step_budget": args.step_budget, "max_epochs": args.max_epochs,
-        "batch_size": args.batch_size, "seed": args.seed,
+        "batch_size": args.batch_size, "seed": args.seed, "paraphrases": args.paraphrases,
         "inference_transforms": args.views.split(",") if args.views else None,
     }.items() if v is not None}
     settings = FewShotSettings(**update)
@@ -120,7 +122,16 @@ def main() -> None:
              for w, pol in writers}
     sample_s = time.perf_counter() - t0
     rows: list[dict] = []
+    run_args = {k: str(v) for k, v in vars(args).items() if k != "resume"}
+    if args.resume and args.out.exists():
+        before = json.loads(args.out.read_text())
+        if before.get("args") != run_args:
+            raise SystemExit(f"{args.out} was written with other arguments: {before.get('args')}")
+        rows = before["tasks"]
+        print(f"resuming after {len(rows)} tasks", flush=True)
     for i, task in enumerate(tasks):
+        if i < len(rows):
+            continue
         texts, labels = [], []
         for w, _ in writers:
             texts += [d.text for d in drawn[w][i][1]]
@@ -138,7 +149,7 @@ def main() -> None:
         report = {
             "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                         "dtype": str(bundle.dtype), "device": str(bundle.device)},
-            "model": bundle.model_id, "settings": settings.model_dump(), "args": {k: str(v) for k, v in vars(args).items()},
+            "model": bundle.model_id, "settings": settings.model_dump(), "args": run_args,
             "recipe_sampling_s": sample_s, "summary": summarise(rows, [w for w, _ in writers]), "tasks": rows,
             "seconds": time.perf_counter() - t0,
         }

@@ -86,3 +86,36 @@ def test_saved_adapter_is_standard_peft(bundle, fact_adapter, tmp_path):
     finally:
         peft_model.unload()
     assert torch.allclose(ours_logits, peft_logits, atol=1e-3)
+
+
+def test_labelled_loss_equals_the_full_logits_loss_and_its_gradients(fp32_bundle):
+    from peft import get_peft_model
+
+    from seal_engine.lora import labelled_loss, lora_config
+    from seal_engine.sft import IGNORE, collate_sft
+
+    b = fp32_bundle
+    tok = b.tokenizer
+    rows = []
+    for prompt, answer in [("Input: apple\nOutput:", " APPLE"), ("Input: a much longer river name here\nOutput:", " X")]:
+        p, a = tok(prompt)["input_ids"], tok(answer)["input_ids"]
+        rows.append((p + a, [IGNORE] * len(p) + a))  # loss on the answer only, rows of different lengths
+    batch = collate_sft(rows, tok.pad_token_id)
+    torch.manual_seed(0)
+    model = get_peft_model(b.model, lora_config(LoraSettings(r=4), b.model_id))
+    try:
+        for name, p in model.named_parameters():  # non-zero B, so the LoRA gradients are non-trivial
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        grads = []
+        for loss_fn in (lambda: model(**batch, use_cache=False).loss, lambda: labelled_loss(model, batch)):
+            model.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+        (full, g_full), (mine, g_mine) = grads
+        assert torch.allclose(full, mine, atol=1e-5), (full, mine)
+        worst = max(float((a - c).abs().max() / a.abs().max().clamp_min(1e-12)) for a, c in zip(g_full, g_mine))
+        assert worst < 1e-4, worst
+    finally:
+        model.unload()
