@@ -361,11 +361,13 @@ def rl(
         sft = {k: v for k, v in {"epochs": sft_epochs, "learning_rate": sft_lr}.items() if v is not None}
         if sft:
             over["sft"] = SFTSettings(**{**base.sft.model_dump(), **sft})
+        settings = _settings()
+        if task != "knowledge":  # test-time training and recipe settings: SEAL_FEWSHOT__*, as for task jobs
+            over["fewshot"] = settings.fewshot
         config = RLConfig.small(**over)
         init = _policy(policy)
         dev_docs = pick_dev(load_documents(dev), config, dev_passages) if dev else []
         prepare_run_dir(out_dir, config)
-        settings = _settings()
         bundle = _load(settings)
         curve, policies = run_rl(bundle, pool, config, settings, out_dir, init_policy=init,
                                  log=lambda m: console.print(m, highlight=False))

@@ -96,3 +96,14 @@ def test_rl_bad_input(tmp_path, squad_dev):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "config.json").write_text(json.dumps({"passages": 99}))
     assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", cwd=tmp_path), "different configuration")
+
+
+def test_rl_on_tasks_takes_the_fewshot_settings_from_the_environment(tmp_path):
+    # The run's configuration is written before the model loads; a missing model then stops it.
+    env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "SEAL_FEWSHOT__MAX_EXAMPLES": "5",
+           "SEAL_FEWSHOT__MAX_EPOCHS": "3", "SEAL_MODEL_PATH": str(tmp_path / "no-model")}
+    r = subprocess.run([*SEAL, "rl", "--task", "text", "--data", "builtin:text-suite:1", "--out", "o"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    fewshot = json.loads((tmp_path / "o" / "config.json").read_text())["fewshot"]
+    assert (fewshot["max_examples"], fewshot["max_epochs"]) == (5, 3)
