@@ -15,6 +15,15 @@ sampled once up front and shared by all three ways, so only the inner loop is ti
 Same model, dtype, LoRA rank/alpha, learning rate, epochs and grader in all three.
 
     python bench/inner_loop.py --passages 2 -k 5 --epochs 10 --reference-evals 2
+
+On a GPU machine, where no weights can travel: sample the self-edits here with the real
+model and save them, then time (b) and (c) there on randomly initialised weights of a real
+architecture (throughput only: the accuracies of random weights mean nothing, and their
+answers run to the token limit, so grading costs its upper bound in both ways):
+
+    python bench/inner_loop.py --passages 2 -k 16 --save-self-edits bench/data/self_edits_k16.json --skip reference,sequential,batched
+    python bench/inner_loop.py --self-edits bench/data/self_edits_k16.json --random-init llama-1b \
+        --model-dir DIR_WITH_TOKENIZER --skip reference
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
+from random_model import RANDOM_CONFIGS, random_bundle  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from seal_engine.batched_training import train_adapters_batched  # noqa: E402
-from seal_engine.documents import load_documents  # noqa: E402
+from seal_engine.batched_training import default_token_budget, train_adapters_batched  # noqa: E402
+from seal_engine.documents import Document, Question, load_documents  # noqa: E402
 from seal_engine.evaluation import score_adapters  # noqa: E402
 from seal_engine.knowledge_eval import select_passages  # noqa: E402
 from seal_engine.lora import _wrap, applied_adapter, lora_config, train_lora  # noqa: E402
@@ -57,6 +67,20 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
+
+
+def save_self_edits(path: str, docs: list[Document], sampled: list[tuple[str, list[str]]]) -> None:
+    rows = [{"title": d.title, "text": d.text, "questions": [q.__dict__ for q in d.questions], "self_edits": edits}
+            for d, (_, edits) in zip(docs, sampled)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rows, indent=1))
+
+
+def load_self_edits(path: str, k: int) -> tuple[list[Document], list[list[str]]]:
+    rows = json.loads(Path(path).read_text())
+    docs = [Document(text=r["text"], title=r["title"], questions=tuple(Question(**q) for q in r["questions"]))
+            for r in rows]
+    return docs, [r["self_edits"][:k] for r in rows]
 
 
 def reference_eval(bundle, seqs, questions, settings, seed: int) -> float:
@@ -103,6 +127,8 @@ def sequential_eval(bundle, seqs, questions, settings, seed: int) -> float:
 def batched_evals(bundle, sets, questions, settings, seed: int) -> list[float]:
     """(c): all K candidates trained together, graded in one mixed-adapter batch."""
     adapters = train_adapters_batched(bundle, sets, settings.lora, seeds=[seed] * len(sets))
+    if bundle.device.type == "cuda":
+        torch.cuda.synchronize()
     scores = score_adapters(bundle, questions, adapters, settings, with_retention=False)
     return [s.qa.accuracy["contains"] for s in scores]
 
@@ -116,20 +142,49 @@ def main() -> None:
     ap.add_argument("--reference-evals", type=int, default=2, help="self-edits timed with the (slow) reference")
     ap.add_argument("--skip", default="", help="comma list of ways to skip: reference,sequential,batched")
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--save-self-edits", default=None, help="write the sampled passages and self-edits here")
+    ap.add_argument("--self-edits", default=None, help="use the passages and self-edits saved in this file")
+    ap.add_argument("--random-init", choices=sorted(RANDOM_CONFIGS), default=None,
+                    help="random weights of this architecture (needs --self-edits and --model-dir)")
+    ap.add_argument("--model-dir", default=None, help="tokenizer (and smollm2-135m config) for --random-init")
+    ap.add_argument("--token-budget", type=int, default=None, help="batched training tokens per forward")
+    ap.add_argument("--warmup", action="store_true", help="one untimed evaluation per way first (GPU kernels)")
     args = ap.parse_args()
 
     settings = EngineSettings()
     if args.epochs:
         settings.lora.epochs = args.epochs
-    bundle = get_model(settings)
-    docs = select_passages(load_documents(args.data), args.passages)
+    if args.token_budget:
+        settings.lora.token_budget = args.token_budget
     strategy = get_strategy("implications")
-    sampled = sample_self_edits_many(bundle, [(d, strategy) for d in docs], args.k, settings.sampling, seed=0)
-    work = [(d, [training_sequences(d, strategy, [e]) for e in edits]) for d, (_, edits) in zip(docs, sampled)]
+    if args.random_init:
+        if not (args.self_edits and args.model_dir):
+            ap.error("--random-init needs --self-edits and --model-dir")
+        bundle = random_bundle(args.random_init, args.model_dir, settings)
+    else:
+        bundle = get_model(settings)
+    if args.self_edits:
+        docs, edit_lists = load_self_edits(args.self_edits, args.k)
+        docs, edit_lists = docs[: args.passages], edit_lists[: args.passages]
+    else:
+        docs = select_passages(load_documents(args.data), args.passages)
+        sampled = sample_self_edits_many(bundle, [(d, strategy) for d in docs], args.k, settings.sampling, seed=0)
+        if args.save_self_edits:
+            save_self_edits(args.save_self_edits, docs, sampled)
+        edit_lists = [edits for _, edits in sampled]
+    work = [(d, [training_sequences(d, strategy, [e]) for e in edits]) for d, edits in zip(docs, edit_lists)]
+    if args.warmup:
+        d, sets = work[0]
+        if "batched" not in args.skip:
+            batched_evals(bundle, sets[:2], d.questions, settings, 0)
+        if "sequential" not in args.skip:
+            sequential_eval(bundle, sets[0], d.questions, settings, 0)
     skip = set(args.skip.split(","))
     results: dict = {
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "model": bundle.model_id, "dtype": str(bundle.dtype), "passages": len(docs), "k": args.k,
+        "machine": (torch.cuda.get_device_name() if bundle.device.type == "cuda"
+                    else f"{platform.machine()} {torch.get_num_threads()} threads") + f", torch {torch.__version__}",
+        "model": bundle.model_id, "parameters": sum(p.numel() for p in bundle.model.parameters()),
+        "token_budget": settings.lora.token_budget or default_token_budget(bundle.device), "dtype": str(bundle.dtype), "passages": len(docs), "k": args.k,
         "lora": settings.lora.model_dump(), "ways": {},
     }
 
@@ -137,6 +192,8 @@ def main() -> None:
         results["ways"][name] = {"evaluations": n, "seconds": seconds, "evals_per_hour": 3600 * n / seconds,
                                  "mean_contains_accuracy": sum(accs) / max(len(accs), 1)}
         print(f"{name:10s} {n:3d} evals in {seconds:8.1f} s -> {3600 * n / seconds:8.1f} evals/hour", flush=True)
+        if args.json_out:  # after every way, so a run cut short keeps what it measured
+            Path(args.json_out).write_text(json.dumps(results, indent=1))
 
     if "batched" not in skip:
         t = time.perf_counter()

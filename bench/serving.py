@@ -28,6 +28,7 @@ warnings.filterwarnings("ignore")
 import psutil  # noqa: E402
 import torch  # noqa: E402
 from peft import PeftModel  # noqa: E402
+from random_model import RANDOM_CONFIGS, random_bundle  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from seal_engine.batched_training import peft_initial_state  # noqa: E402
@@ -69,10 +70,15 @@ def main() -> None:
     ap.add_argument("--skip-swapping", action="store_true", help="skip (iii)")
     ap.add_argument("--registered", type=int, default=100)
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--random-init", choices=sorted(RANDOM_CONFIGS), default=None,
+                    help="random weights of this architecture (GPU machines; needs --model-dir)")
+    ap.add_argument("--model-dir", default=None, help="tokenizer (and smollm2-135m config) for --random-init")
     args = ap.parse_args()
 
     settings = EngineSettings()
-    bundle = get_model(settings)
+    if args.random_init and not args.model_dir:
+        ap.error("--random-init needs --model-dir")
+    bundle = random_bundle(args.random_init, args.model_dir, settings) if args.random_init else get_model(settings)
     prompts = [chat_prompt(bundle, [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]) for i in range(args.requests)]
     tmp = Path(tempfile.mkdtemp(prefix="seal-bench-"))
     paths = make_adapters(bundle, settings, max(args.requests, args.registered), tmp)
@@ -80,6 +86,7 @@ def main() -> None:
     cache = AdapterCache(max_items=max(args.registered, k))  # one object per adapter: rows share it
     adapters = [cache.get(paths[i % k]) for i in range(args.requests)]
     results: dict = {"model": bundle.model_id, "dtype": str(bundle.dtype), "threads": torch.get_num_threads(),
+                     "device": torch.cuda.get_device_name() if bundle.device.type == "cuda" else "cpu",
                      "requests": args.requests, "adapters": k, "max_tokens": args.tokens, "rank": settings.lora.rank}
 
     def run(name: str, reqs: list[CompletionRequest]) -> None:
@@ -113,7 +120,7 @@ def swapping(args: argparse.Namespace, bundle, prompts: list[str], paths: list[P
     with bundle.lock, torch.inference_mode():
         for p, path in zip(prompts, paths):
             model = PeftModel.from_pretrained(bundle.model, str(path))
-            enc = tok([p], return_tensors="pt", add_special_tokens=False)
+            enc = tok([p], return_tensors="pt", add_special_tokens=False).to(bundle.device)
             out = model.generate(**enc, max_new_tokens=args.tokens, do_sample=False, pad_token_id=tok.pad_token_id)
             toks += out.shape[1] - enc["input_ids"].shape[1]
             model.unload()

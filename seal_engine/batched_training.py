@@ -43,6 +43,12 @@ def peft_initial_state(bundle: ModelBundle, cfg: LoraSettings, seed: int) -> dic
             model.unload()
 
 
+def default_token_budget(device: torch.device) -> int:
+    """Tokens per forward when the settings name none: on CPU throughput is flat past ~1k
+    tokens (bench/cpu_kernels.py), a GPU needs ~16k to fill its SMs."""
+    return 16384 if device.type == "cuda" else 1024
+
+
 class _SlotAdamW:
     """AdamW (no weight decay) over stacked adapters, stepping only the active slots."""
 
@@ -54,8 +60,8 @@ class _SlotAdamW:
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
 
-    def _expand(self, per_slot: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        col = per_slot.repeat_interleave(self.rank).to(p.device, p.dtype)
+    @staticmethod
+    def _orient(col: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         # lora_A is (K*r, in): slots along dim 0; lora_B is (out, K*r): along dim 1.
         return col.view(-1, 1) if p.shape[0] == col.numel() else col.view(1, -1)
 
@@ -64,19 +70,21 @@ class _SlotAdamW:
         b1, b2 = BETAS
         self.steps += active.float()
         t = self.steps.clamp(min=1)
-        bc1 = 1 - b1**t
-        bc2 = 1 - b2**t
-        on = active.float()
+        # Per-slot factors expanded to the K*r LoRA columns once per step, on the
+        # parameters' device (one small copy per step, not one per parameter).
+        dev = self.params[0].device
+        cols = torch.stack([active.float(), 1 - b1**t, (1 - b2**t).sqrt()]).repeat_interleave(self.rank, dim=1).to(dev)
+        on, bc1, bc2_sqrt = cols
         for p, m, v in zip(self.params, self.m, self.v):
             g = p.grad
             if g is None:
                 continue
-            mask = self._expand(on, p)
+            mask = self._orient(on, p).to(p.dtype)
             # Inactive slots keep their moments and weights untouched.
             m.mul_(1 - mask * (1 - b1)).add_(g * mask * (1 - b1))
             v.mul_(1 - mask * (1 - b2)).add_(g * g * mask * (1 - b2))
-            denom = (v.sqrt() / self._expand(bc2.sqrt(), p)).add_(EPS)
-            p.sub_(mask * self.lr * m / (self._expand(bc1, p) * denom))
+            denom = (v.sqrt() / self._orient(bc2_sqrt, p)).add_(EPS)
+            p.sub_(mask * self.lr * m / (self._orient(bc1, p) * denom))
             p.grad = None
 
 
@@ -86,13 +94,17 @@ def train_adapters_batched(
     cfg: LoraSettings,
     *,
     seeds: Sequence[int] | None = None,
-    token_budget: int = 1024,
+    token_budget: int | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[TrainedAdapter]:
-    """One adapter per training set, all trained in shared forward/backward passes."""
+    """One adapter per training set, all trained in shared forward/backward passes.
+
+    ``token_budget`` overrides ``cfg.token_budget`` (see :class:`LoraSettings`).
+    """
     K = len(training_sets)
     if K == 0:
         return []
+    token_budget = token_budget or cfg.token_budget or default_token_budget(bundle.device)
     seeds = list(seeds) if seeds is not None else [cfg.seed] * K
     if len(seeds) != K:
         raise ValueError("one seed per training set")
@@ -101,7 +113,9 @@ def train_adapters_batched(
         if not d:
             raise AdapterError(f"training set {i}: nothing to train on (every sequence is empty)")
     config = lora_config(cfg, bundle.model_id)
-    inits = [peft_initial_state(bundle, cfg, s) for s in seeds]
+    # One PEFT wrap per distinct seed (candidates usually share the seed).
+    init_by_seed = {s: peft_initial_state(bundle, cfg, s) for s in dict.fromkeys(seeds)}
+    inits = [init_by_seed[s] for s in seeds]
     rngs = [random.Random(s) for s in seeds]
     bs = cfg.batch_size
     # Every adapter's batch schedule for all epochs, fixed up front (same as train_lora).

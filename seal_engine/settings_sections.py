@@ -24,6 +24,10 @@ class LoraSettings(BaseModel):
     batch_size: int = Field(8, ge=1, le=512)
     max_seq_length: int = Field(256, ge=8, le=8192)
     seed: int = 0
+    # Batched multi-LoRA training: the most tokens (rows x padded length) in one forward;
+    # larger steps are split into micro-batches with accumulated gradients. None picks by
+    # device: 1024 on CPU (larger gains nothing there), 16384 on a GPU (fills it).
+    token_budget: int | None = Field(None, ge=16, le=1_048_576)
 
 
 class SamplingSettings(BaseModel):

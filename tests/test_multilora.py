@@ -281,3 +281,24 @@ def test_decoder_stops_at_stop_strings_and_cancels(fp32_bundle):
         decoder.step()
     assert cancel.reason == "cancelled" and len(cancel.tokens) == 2
     assert stop.reason == "stop" and "," in fp32_bundle.tokenizer.decode(stop.tokens)
+
+
+def test_token_budget_comes_from_settings_then_device(fp32_bundle, monkeypatch):
+    """The micro-batch budget: the argument, else LoraSettings.token_budget, else by device."""
+    import seal_engine.batched_training as bt
+
+    seen: list[int] = []
+    real = bt._micro_batches
+    monkeypatch.setattr(bt, "_micro_batches", lambda rows, budget: seen.append(budget) or real(rows, budget))
+    one_set = [SETS[0]]
+    bt.train_adapters_batched(fp32_bundle, one_set, LoraSettings(epochs=1, token_budget=48))
+    assert set(seen) == {48}
+    seen.clear()
+    bt.train_adapters_batched(fp32_bundle, one_set, LoraSettings(epochs=1, token_budget=48), token_budget=96)
+    assert set(seen) == {96}
+    seen.clear()
+    bt.train_adapters_batched(fp32_bundle, one_set, LoraSettings(epochs=1))
+    assert set(seen) == {bt.default_token_budget(fp32_bundle.device)} == {1024}
+    assert bt.default_token_budget(torch.device("cuda")) == 16384
+    with pytest.raises(ValueError):
+        LoraSettings(token_budget=8)
