@@ -197,32 +197,53 @@ class LocalBackend(GenerationBackend):
                                 f"prompt plus max_tokens={max_tokens}", code="context_length_exceeded", param=param)
         return counts
 
-    async def _stream_choices(self, reqs: list[tuple[int, CompletionRequest]], make_chunk, final_chunk,
+    async def _stream_choices(self, reqs: list[tuple[int, int, CompletionRequest]], make_chunk, final_chunk,
                               usage_chunk, include_usage: bool, prompt_tokens: int,
                               ) -> AsyncIterator[bytes]:  # noqa: ANN001
-        """Decode each choice in turn, as OpenAI chunks, then ``data: [DONE]``."""
+        """OpenAI chunks of every (index, choice, request), then ``data: [DONE]``.
+
+        The choices decode concurrently, as rows of the same running batch, so n choices take
+        about the time of one; chunks of different choices interleave, as OpenAI's do.
+        """
         bundle = await self.inference.get_bundle()
+        queue: asyncio.Queue[tuple[int, str, Any]] = asyncio.Queue()
+
+        async def pump(index: int, choice: int, req: CompletionRequest) -> None:
+            try:
+                async for delta in self.inference.stream(req, choice):
+                    if delta:
+                        await queue.put((index, "delta", delta))
+                await queue.put((index, "end", None))
+            except Exception as e:  # noqa: BLE001  (handed to the response)
+                await queue.put((index, "error", e))
+
+        by_index = {index: req for index, _, req in reqs}
+        texts = dict.fromkeys(by_index, "")
+        tasks = [asyncio.create_task(pump(index, choice, req)) for index, choice, req in reqs]
         completion_tokens = 0
         try:
-            for index, req in reqs:
-                text = ""
-                first = True
-                async for delta in self.inference.stream(req):
-                    if not delta:
-                        continue
-                    text += delta
-                    yield _sse(make_chunk(index, delta, first))
-                    first = False
-                if first:
+            for _ in range(len(tasks)):
+                while True:
+                    index, kind, value = await queue.get()
+                    if kind != "delta":
+                        break
+                    yield _sse(make_chunk(index, value, not texts[index]))
+                    texts[index] += value
+                if kind == "error":
+                    raise value
+                if not texts[index]:
                     yield _sse(make_chunk(index, "", True))
-                n_tokens = await asyncio.to_thread(count_tokens, bundle, text)
-                reason = "length" if n_tokens >= req.max_tokens else "stop"
-                yield _sse(final_chunk(index, reason))
-                completion_tokens += min(n_tokens, req.max_tokens)
+                n_tokens = await asyncio.to_thread(count_tokens, bundle, texts[index])
+                limit = by_index[index].max_tokens
+                yield _sse(final_chunk(index, "length" if n_tokens >= limit else "stop"))
+                completion_tokens += min(n_tokens, limit)
             if include_usage:
                 yield _sse(usage_chunk(_usage(prompt_tokens, completion_tokens)))
         except Exception as e:  # headers are sent: report in-band
             yield _sse_error(f"{type(e).__name__}: {e}")
+        finally:  # a client that left, or an error: the other choices' rows leave the batch
+            for t in tasks:
+                t.cancel()
         yield _sse("[DONE]")
 
     async def chat(self, body: ChatCompletionIn, target: ModelTarget, max_tokens: int) -> Response:
@@ -257,7 +278,7 @@ class LocalBackend(GenerationBackend):
                 return {**base, "choices": [], "usage": u}
 
             include = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream_response(self._stream_choices([(i, req(1)) for i in range(body.n)], chunk, final, usage,
+            return _stream_response(self._stream_choices([(i, i, req(1)) for i in range(body.n)], chunk, final, usage,
                                                          include, prompt_tokens))
 
         completions: list[Completion] = await self.inference.complete(req(body.n))
@@ -298,7 +319,7 @@ class LocalBackend(GenerationBackend):
                 return {**base, "choices": [], "usage": u}
 
             include = bool(body.stream_options and body.stream_options.include_usage)
-            reqs = [(pi * body.n + j, req(p, 1)) for pi, p in enumerate(prompts) for j in range(body.n)]
+            reqs = [(pi * body.n + j, j, req(p, 1)) for pi, p in enumerate(prompts) for j in range(body.n)]
             return _stream_response(self._stream_choices(reqs, chunk, final, usage, include, sum(counts)))
 
         results = await asyncio.gather(*(self.inference.complete(req(p, body.n)) for p in prompts))

@@ -197,8 +197,9 @@ class InferenceService:
         engine = await self.get_engine()
         return await asyncio.wrap_future(serving.submit(engine, request))
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[str]:
-        """Text deltas of one completion as its row in the running batch produces them."""
+    async def stream(self, request: CompletionRequest, choice: int = 0) -> AsyncIterator[str]:
+        """Text deltas of one completion (choice ``choice`` of the request) as its row in the
+        running batch produces them."""
         bundle = await self.get_bundle()
         engine = await self.get_engine()
         loop = asyncio.get_running_loop()
@@ -206,7 +207,7 @@ class InferenceService:
         stop = threading.Event()
 
         def produce() -> None:
-            deltas = serving.stream_completion(bundle, request, engine)
+            deltas = serving.stream_completion(bundle, request, engine, choice)
             try:
                 for delta in deltas:
                     loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta))

@@ -113,11 +113,11 @@ def _row_seed(seed: int | None, choice: int) -> int | None:
     return None if seed is None else seed + 1_000_003 * choice
 
 
-def _rows(request: CompletionRequest, sinks: Sequence[TokenSink]) -> list[DecodeRequest]:
+def _rows(request: CompletionRequest, sinks: Sequence[TokenSink], first_choice: int = 0) -> list[DecodeRequest]:
     return [
         DecodeRequest(prompt=request.prompt, sink=sink, adapter=request.adapter, max_tokens=request.max_tokens,
                       temperature=request.temperature, top_p=request.top_p, stop=tuple(request.stop),
-                      seed=_row_seed(request.seed, j))
+                      seed=_row_seed(request.seed, first_choice + j))
         for j, sink in enumerate(sinks)
     ]
 
@@ -187,16 +187,17 @@ def _resolve(future: Future, result: object = None, error: BaseException | None 
 
 
 def stream_completion(bundle: ModelBundle, request: CompletionRequest,
-                      engine: ContinuousBatcher | None = None) -> Iterator[str]:
+                      engine: ContinuousBatcher | None = None, choice: int = 0) -> Iterator[str]:
     """Text deltas of one completion as they are decoded (stop strings honoured).
 
     With ``engine`` the row joins its running batch; without, it is decoded alone.
+    ``choice``: which of the request's n choices this is (its seed, as in :func:`complete`).
     Closing the iterator early takes the row out of the batch.
     """
     sink = _Stream(bundle)
     own = engine is None
     runner = ContinuousBatcher(bundle, max_rows=1) if engine is None else engine
-    runner.submit(_rows(request, [sink])[:1])
+    runner.submit(_rows(request, [sink], first_choice=choice))
     try:
         yield from _until_stop(sink.streamer, request.stop)
         if sink.error is not None:

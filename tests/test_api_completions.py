@@ -182,6 +182,22 @@ def test_text_completions(oai):
 
 
 @pytest.mark.slow
+def test_streamed_choices_decode_together_and_differ(oai):
+    """n streamed choices are rows of one batch (their chunks interleave) with their own seeds."""
+    chunks = list(oai.chat.completions.create(model=BASE, messages=CHAT, temperature=1.0, max_tokens=16, n=2,
+                                              seed=3, stream=True))
+    order = [ch.choices[0].index for ch in chunks if ch.choices and ch.choices[0].delta.content]
+    texts = ["".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].index == i)
+             for i in (0, 1)]
+    finals = {ch.choices[0].index: ch.choices[0].finish_reason for ch in chunks
+              if ch.choices and ch.choices[0].finish_reason}
+    assert set(finals) == {0, 1} and all(texts)
+    assert texts[0] != texts[1]
+    # Decoded one after the other, every chunk of choice 0 would come first.
+    assert order.index(1) < len(order) - 1 - order[::-1].index(0), order
+
+
+@pytest.mark.slow
 def test_raw_stream_ends_with_done(server):
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers=bearer(server.key), timeout=120,
                       json={"model": BASE, "messages": CHAT, "max_tokens": 3, "stream": True}) as r:

@@ -302,3 +302,17 @@ def test_token_budget_comes_from_settings_then_device(fp32_bundle, monkeypatch):
     assert bt.default_token_budget(torch.device("cuda")) == 16384
     with pytest.raises(ValueError):
         LoraSettings(token_budget=8)
+
+
+def test_streamed_choice_is_seeded_as_that_choice_of_complete(fp32_bundle):
+    """Choice j of a seeded request samples with choice j's seed, streamed or not."""
+    from seal_engine.serving import _row_seed, stream_completion
+
+    prompt = answer_prompt(fp32_bundle, "Tell me about the sea.")
+    req = CompletionRequest(prompt, max_tokens=12, temperature=1.0, seed=7)
+    streamed = ["".join(stream_completion(fp32_bundle, req, choice=j)) for j in (0, 1)]
+    assert streamed[0] != streamed[1]  # distinct seeds (before: both choices drew with choice 0's)
+    for j in (0, 1):  # each alone, batch 1: the same row seed gives the same text
+        alone = complete(fp32_bundle, [CompletionRequest(prompt, max_tokens=12, temperature=1.0,
+                                                         seed=_row_seed(7, j))])[0][0]
+        assert streamed[j] == alone.text
