@@ -316,3 +316,14 @@ def test_streamed_choice_is_seeded_as_that_choice_of_complete(fp32_bundle):
         alone = complete(fp32_bundle, [CompletionRequest(prompt, max_tokens=12, temperature=1.0,
                                                          seed=_row_seed(7, j))])[0][0]
         assert streamed[j] == alone.text
+
+
+def test_batched_training_when_slot_columns_equal_a_layer_width(fp32_bundle):
+    """K*r = 576 = the hidden size, so lora_B of q_proj is square: the finished slots' masks
+    must still follow B's columns (an orientation guessed from shapes got this wrong)."""
+    cfg = LoraSettings(rank=192, alpha=32, epochs=2, batch_size=2, learning_rate=1e-3)
+    assert 3 * cfg.rank == fp32_bundle.model.config.hidden_size
+    batched = train_adapters_batched(fp32_bundle, SETS, cfg, seeds=SEEDS)
+    for b, s, seed in zip(batched, SETS, SEEDS):
+        alone = train_lora(fp32_bundle, s, cfg, seed=seed)
+        assert b.losses == pytest.approx(alone.losses, rel=1e-4)
