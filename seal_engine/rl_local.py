@@ -34,12 +34,34 @@ from .settings import EngineSettings
 Log = Callable[[str], None]
 
 
+# Settings that change how fast a run goes, not what it computes: a run may resume with others.
+EXECUTION_ONLY = frozenset({"token_budget"})
+
+
+def _without(obj: object, keys: frozenset[str]) -> object:
+    if isinstance(obj, dict):
+        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [_without(v, keys) for v in obj]
+    return obj
+
+
+def run_identity(config: RLConfig | dict) -> dict | None:
+    """What two runs must share to be the same run: the configuration (a stored one is
+    re-validated, so settings added since it was written take their defaults), less the
+    execution-only settings. None for a stored configuration this version cannot read."""
+    try:
+        cfg = config if isinstance(config, RLConfig) else RLConfig.model_validate(config)
+    except ValueError:
+        return None
+    return _without(json.loads(cfg.model_dump_json()), EXECUTION_ONLY)  # type: ignore[return-value]
+
+
 def prepare_run_dir(out: Path, config: RLConfig) -> None:
     """Create ``out`` for ``config``, or check that it holds a run of the same configuration."""
     path = out / "config.json"
     if path.exists():
-        previous = json.loads(path.read_text())
-        if previous != json.loads(config.model_dump_json()):
+        if run_identity(json.loads(path.read_text())) != run_identity(config):
             raise ValueError(f"{out} holds a run with a different configuration; use another --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +141,9 @@ def compare_policies(
     rows: list[dict] = []
     if json_out is not None and json_out.exists():
         previous = json.loads(json_out.read_text())
-        if previous.get("header") == json.loads(json.dumps(header)):
+        prev = dict(previous.get("header") or {})
+        same = run_identity(prev.pop("config", {})) == run_identity(config)
+        if same and prev == json.loads(json.dumps({k: v for k, v in header.items() if k != "config"})):
             rows = previous["rows"]
     if len(rows) < len(docs):
         todo = docs[len(rows):]

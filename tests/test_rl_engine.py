@@ -91,3 +91,22 @@ def test_one_rl_iteration_on_the_tiny_model(bundle, engine_settings, squad_dev):
     # The next iteration samples with the new policy.
     docs = passages_for_iteration(pool, config, 1)
     assert len(sample_iteration(bundle, docs, config, 1, result.policy)) == 2
+
+
+def test_run_directory_resumes_across_new_and_execution_only_settings(tmp_path):
+    """A run stored before a setting existed, or with another token budget, is the same run;
+    a different inner loop is not."""
+    import json
+
+    from seal_engine.rl import RLConfig
+    from seal_engine.rl_local import prepare_run_dir
+
+    config = RLConfig.small()
+    prepare_run_dir(tmp_path, config)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    del stored["lora"]["token_budget"]  # as written before the setting existed
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    prepare_run_dir(tmp_path, config)
+    prepare_run_dir(tmp_path, config.model_copy(update={"lora": config.lora.model_copy(update={"token_budget": 64})}))
+    with pytest.raises(ValueError, match="different configuration"):
+        prepare_run_dir(tmp_path, config.model_copy(update={"lora": config.lora.model_copy(update={"epochs": 3})}))
