@@ -115,7 +115,9 @@ def test_labelled_loss_equals_the_full_logits_loss_and_its_gradients(fp32_bundle
             grads.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
         (full, g_full), (mine, g_mine) = grads
         assert torch.allclose(full, mine, atol=1e-5), (full, mine)
+        # float32 sums taken in another order through 30 layers: 1.9e-4 of the largest gradient
+        # element was seen on an AMD EPYC (<1e-4 on Intel); a misaligned label would be O(1).
         worst = max(float((a - c).abs().max() / a.abs().max().clamp_min(1e-12)) for a, c in zip(g_full, g_mine))
-        assert worst < 1e-4, worst
+        assert worst < 1e-3, worst
     finally:
         model.unload()
