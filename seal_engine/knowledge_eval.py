@@ -168,7 +168,7 @@ def _config(bundle: ModelBundle, settings: EngineSettings, strategies: Sequence[
         "passages": n,
         "strategies": list(strategies),
         "k": k,
-        "lora": settings.lora.model_dump(exclude={"token_budget"}),  # speed only: resumable across it
+        "lora": settings.lora.model_dump(exclude=set(settings.lora.EXECUTION_ONLY)),  # resumable across them
         "sampling": settings.sampling.model_dump(),
         "answer_max_new_tokens": settings.answer_max_new_tokens,
         "retention_probes": settings.retention_probes,

@@ -29,13 +29,9 @@ from .model import ModelBundle
 from .rl import PassageResult, RLConfig, candidate_seed, passages_for_iteration, run_iteration, sample_iteration
 from .self_edits import training_sequences
 from .prompts import get_strategy
-from .settings import EngineSettings
+from .settings import EngineSettings, LoraSettings
 
 Log = Callable[[str], None]
-
-
-# Settings that change how fast a run goes, not what it computes: a run may resume with others.
-EXECUTION_ONLY = frozenset({"token_budget"})
 
 
 def _without(obj: object, keys: frozenset[str]) -> object:
@@ -54,7 +50,7 @@ def run_identity(config: RLConfig | dict) -> dict | None:
         cfg = config if isinstance(config, RLConfig) else RLConfig.model_validate(config)
     except ValueError:
         return None
-    return _without(json.loads(cfg.model_dump_json()), EXECUTION_ONLY)  # type: ignore[return-value]
+    return _without(json.loads(cfg.model_dump_json()), LoraSettings.EXECUTION_ONLY)  # type: ignore[return-value]
 
 
 def prepare_run_dir(out: Path, config: RLConfig) -> None:

@@ -7,6 +7,8 @@ them without importing the whole settings object.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, Field
 
 
@@ -28,6 +30,10 @@ class LoraSettings(BaseModel):
     # larger steps are split into micro-batches with accumulated gradients. None picks by
     # device: 1024 on CPU (larger gains nothing there), 16384 on a GPU (fills it).
     token_budget: int | None = Field(None, ge=16, le=1_048_576)
+
+    # Fields that change how fast training runs, not what it computes: stored runs and
+    # evaluations resume across different values of them.
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"token_budget"})
 
 
 class SamplingSettings(BaseModel):
