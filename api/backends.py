@@ -3,7 +3,7 @@
 ``SEAL_GENERATION_BACKEND`` picks one per API process:
 
 * ``local`` (default): :class:`LocalBackend`, the model in this process
-  (``seal_engine.serving`` through :class:`~api.inference.InferenceService`).
+  (``seal_engine.serving.completions`` through :class:`~api.inference.InferenceService`).
 * ``vllm``: :class:`VLLMBackend` forwards generation to a vLLM OpenAI-compatible server
   started with ``--enable-lora`` and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``. Requests go
   through the official ``openai`` client; adapters are loaded into the server on first use
@@ -31,13 +31,13 @@ import httpx
 import openai
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from seal_engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraAdapter
-from seal_engine.serving import Completion, CompletionRequest, chat_prompt, count_tokens
+from seal_engine.core.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraAdapter
+from seal_engine.serving.completions import Completion, CompletionRequest, chat_prompt, count_tokens
 
-from .errors import APIError, field_error, not_found
-from .inference import InferenceService
-from .schemas import ChatCompletionIn, CompletionIn
-from .settings import Settings
+from api.errors import APIError, field_error, not_found
+from api.inference import InferenceService
+from api.schemas import ChatCompletionIn, CompletionIn
+from seal_service.settings import Settings
 
 log = logging.getLogger("seal.api.backends")
 
@@ -119,7 +119,7 @@ def _check_fits(bundle: Any, adapter: LoraAdapter) -> None:
     """Raise ValueError unless every LoRA tensor matches a Linear layer of the base model."""
     from torch import nn
 
-    from seal_engine.multilora import module_paths
+    from seal_engine.training.multilora import module_paths
 
     prefix = "base_model.model."
     paths = module_paths(adapter)

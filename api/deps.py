@@ -10,9 +10,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from .errors import APIError
-from .keys import lookup_key
-from .settings import Settings
+from api.errors import APIError
+from seal_service.keys import lookup_key
+from seal_service.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

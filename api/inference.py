@@ -1,8 +1,8 @@
 """Inference for the OpenAI-compatible endpoints.
 
-The service calls only ``seal_engine.serving``; how rows are decoded together is the
+The service calls only ``seal_engine.serving.completions``; how rows are decoded together is the
 engine's job. By default every request joins one running batch (continuous batching:
-``seal_engine.continuous.ContinuousBatcher``, whose decoding thread admits new rows
+``seal_engine.serving.batcher.ContinuousBatcher``, whose decoding thread admits new rows
 between steps and streams tokens as they are produced); the asyncio side only waits
 on its futures and streams. With a custom ``complete_fn`` (tests, or an engine without
 step-level batching), :class:`CompletionBatcher` instead coalesces requests that arrive
@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from seal_engine import serving
-from seal_engine.continuous import ContinuousBatcher
-from seal_engine.lora import LoraAdapter
-from seal_engine.model import ModelBundle, get_model
-from seal_engine.serving import Completion, CompletionRequest
+from seal_engine.serving import completions as serving
+from seal_engine.serving.batcher import ContinuousBatcher
+from seal_engine.core.lora import LoraAdapter
+from seal_engine.core.model import ModelBundle, get_model
+from seal_engine.serving.completions import Completion, CompletionRequest
 
-from .settings import Settings
+from seal_service.settings import Settings
 
 log = logging.getLogger("seal.api.inference")
 

@@ -12,15 +12,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from . import errors
-from .backends import make_backend
-from .db.migrate import upgrade_head
-from .db.session import session_factory
-from .inference import InferenceService
-from .middleware import BodySizeLimit
-from .routes import adaptations, admin, completions, documents, health, lora_adapters, models, tasks
-from .routes.lora_adapters import RuntimeLoras
-from .settings import Settings, get_settings
+from api import errors
+from api.backends import make_backend
+from seal_service.db.migrate import upgrade_head
+from seal_service.db.session import session_factory
+from api.inference import InferenceService
+from api.middleware import BodySizeLimit
+from api.routes import adaptations, admin, completions, documents, health, lora_adapters, models, tasks
+from api.routes.lora_adapters import RuntimeLoras
+from seal_service.settings import Settings, get_settings
 
 log = logging.getLogger("seal.api")
 
@@ -38,7 +38,7 @@ Authenticate with `Authorization: Bearer <key>` (`seal keys create --tenant T`).
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    from workers.app import make_celery
+    from seal_service.queue import make_celery
 
     inference = InferenceService(settings)  # the model is loaded on first use (local backend only)
     backend = make_backend(settings, inference)

@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import APIError, error_body
+from api.errors import APIError, error_body
 
 
 class BodyTooLarge(APIError):

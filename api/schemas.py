@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
-from .settings import MAX_SELF_EDITS
+from seal_service.settings import MAX_SELF_EDITS
 
 MAX_TEXT = 1_000_000
 ID_MAX = 64

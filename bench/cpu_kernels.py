@@ -20,12 +20,12 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from seal_engine.batched_training import train_adapters_batched  # noqa: E402
-from seal_engine.documents import load_documents  # noqa: E402
-from seal_engine.model import load_model  # noqa: E402
-from seal_engine.prompts import answer_prompt  # noqa: E402
-from seal_engine.retention import probe_set  # noqa: E402
-from seal_engine.settings import EngineSettings, LoraSettings  # noqa: E402
+from seal_engine.training.batched import train_adapters_batched  # noqa: E402
+from seal_engine.knowledge.documents import load_documents  # noqa: E402
+from seal_engine.core.model import load_model  # noqa: E402
+from seal_engine.knowledge.prompts import answer_prompt  # noqa: E402
+from seal_engine.knowledge.retention import probe_set  # noqa: E402
+from seal_engine.config import EngineSettings, LoraSettings  # noqa: E402
 
 
 def decode() -> None:

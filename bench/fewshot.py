@@ -31,12 +31,12 @@ import torch  # noqa: E402
 from seal_engine.fewshot.arc import load_tasks, shared_task_files  # noqa: E402
 from seal_engine.fewshot.prompts import FewShotTask, domain_of  # noqa: E402
 from seal_engine.fewshot.recipe_sampling import sample_recipes  # noqa: E402
-from seal_engine.fewshot.rl_hooks import evaluate_task  # noqa: E402
-from seal_engine.fewshot.settings import FewShotSettings  # noqa: E402
+from seal_engine.rl.fewshot import evaluate_task  # noqa: E402
+from seal_engine.config import FewShotSettings  # noqa: E402
 from seal_engine.fewshot.text_tasks import SuiteOptions, text_task_suite  # noqa: E402
-from seal_engine.lora import load_adapter  # noqa: E402
-from seal_engine.model import get_model  # noqa: E402
-from seal_engine.settings import EngineSettings  # noqa: E402
+from seal_engine.core.lora import load_adapter  # noqa: E402
+from seal_engine.core.model import get_model  # noqa: E402
+from seal_engine.config import EngineSettings  # noqa: E402
 
 SHARED_ARC = Path(__file__).resolve().parents[2] / "shared" / "data" / "arc"
 

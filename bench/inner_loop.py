@@ -42,17 +42,17 @@ from transformers import Trainer, TrainingArguments  # noqa: E402
 from random_model import RANDOM_CONFIGS, random_bundle  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from seal_engine.batched_training import default_token_budget, train_adapters_batched  # noqa: E402
-from seal_engine.documents import Document, Question, load_documents  # noqa: E402
-from seal_engine.evaluation import score_adapters  # noqa: E402
-from seal_engine.knowledge_eval import select_passages  # noqa: E402
-from seal_engine.lora import _wrap, applied_adapter, lora_config, train_lora  # noqa: E402
-from seal_engine.model import get_model  # noqa: E402
-from seal_engine.generation import generate  # noqa: E402
-from seal_engine.prompts import answer_prompt, get_strategy  # noqa: E402
-from seal_engine.qa import grade_answers  # noqa: E402
-from seal_engine.self_edits import sample_self_edits_many, training_sequences  # noqa: E402
-from seal_engine.settings import EngineSettings  # noqa: E402
+from seal_engine.training.batched import default_token_budget, train_adapters_batched  # noqa: E402
+from seal_engine.knowledge.documents import Document, Question, load_documents  # noqa: E402
+from seal_engine.knowledge.evaluation import score_adapters  # noqa: E402
+from seal_engine.knowledge.benchmark import select_passages  # noqa: E402
+from seal_engine.core.lora import _wrap, applied_adapter, lora_config, train_lora  # noqa: E402
+from seal_engine.core.model import get_model  # noqa: E402
+from seal_engine.core.generation import generate  # noqa: E402
+from seal_engine.knowledge.prompts import answer_prompt, get_strategy  # noqa: E402
+from seal_engine.knowledge.qa import grade_answers  # noqa: E402
+from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences  # noqa: E402
+from seal_engine.config import EngineSettings  # noqa: E402
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()

@@ -13,8 +13,8 @@ import threading
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from seal_engine.model import ModelBundle, resolve_device, resolve_dtype
-from seal_engine.settings import EngineSettings
+from seal_engine.core.model import ModelBundle, resolve_device, resolve_dtype
+from seal_engine.config import EngineSettings
 
 # None: the config.json in the model directory (the default model's own).
 RANDOM_CONFIGS: dict[str, dict | None] = {

@@ -1,6 +1,6 @@
 """ReST-EM for self-edits, end to end on one machine: train the policy, then compare on dev.
 
-1. ``--iterations`` RL iterations on the train split (seal_engine.rl_local.run_rl): each
+1. ``--iterations`` RL iterations on the train split (seal_engine.rl.local.run_rl): each
    passage's evaluation is written to ``<out>/iter<i>/passages.json`` as it finishes and
    each policy to ``<out>/iter<i>/policy``;
 2. on ``--dev-passages`` dev passages, with the same grader and inner-loop budget:
@@ -20,11 +20,11 @@ import argparse
 import json
 from pathlib import Path
 
-from seal_engine.documents import load_documents
-from seal_engine.model import get_model
-from seal_engine.rl import RLConfig
-from seal_engine.rl_local import compare_policies, dev_passages, run_rl
-from seal_engine.settings import EngineSettings, LoraSettings, SamplingSettings, SFTSettings
+from seal_engine.knowledge.documents import load_documents
+from seal_engine.core.model import get_model
+from seal_engine.rl.loop import RLConfig
+from seal_engine.rl.local import compare_policies, dev_passages, run_rl
+from seal_engine.config import EngineSettings, LoraSettings, SamplingSettings, SFTSettings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad"
 

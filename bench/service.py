@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from api.testing import Proc, bearer, free_port, seal_cli, service_env, wait_http  # noqa: E402
+from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_http  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared/data/squad/dev.json"
 QUESTIONS = ["Tell me about Victoria.", "What is a glacier?", "Who founded the institute?", "Describe the river."]
@@ -69,9 +69,9 @@ def write_random_adapters(data_dir: str, directory: Path, n: int) -> list[Path]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from seal_engine.lora import LoraAdapter, lora_config
-    from seal_engine.model import default_model_dir
-    from seal_engine.settings import DEFAULT_MODEL_ID, EngineSettings
+    from seal_engine.core.lora import LoraAdapter, lora_config
+    from seal_engine.core.model import default_model_dir
+    from seal_engine.config import DEFAULT_MODEL_ID, EngineSettings
 
     settings = EngineSettings(data_dir=data_dir)
     with torch.device("meta"):

@@ -6,7 +6,7 @@
         requests spread round-robin over K adapters);
   (iii) plain PEFT, adapter swapping: load request i's adapter from disk, generate, unload.
 Then the memory cost of 100 registered adapters held in the adapter LRU.
-(i) and (ii) go through ``seal_engine.serving.complete``, as the service does.
+(i) and (ii) go through ``seal_engine.serving.completions.complete``, as the service does.
 
     python bench/serving.py --requests 32 --tokens 64 --registered 100
     python bench/serving.py --requests 16 --adapters 4 --skip-swapping --registered 0
@@ -32,11 +32,11 @@ from peft import PeftModel  # noqa: E402
 from random_model import RANDOM_CONFIGS, random_bundle  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from seal_engine.batched_training import peft_initial_state  # noqa: E402
-from seal_engine.lora import LoraAdapter, lora_config  # noqa: E402
-from seal_engine.model import get_model  # noqa: E402
-from seal_engine.serving import AdapterCache, CompletionRequest, chat_prompt, complete  # noqa: E402
-from seal_engine.settings import EngineSettings  # noqa: E402
+from seal_engine.training.batched import peft_initial_state  # noqa: E402
+from seal_engine.core.lora import LoraAdapter, lora_config  # noqa: E402
+from seal_engine.core.model import get_model  # noqa: E402
+from seal_engine.serving.completions import AdapterCache, CompletionRequest, chat_prompt, complete  # noqa: E402
+from seal_engine.config import EngineSettings  # noqa: E402
 
 hf_logging.set_verbosity_error()
 QUESTIONS = [

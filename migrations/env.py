@@ -7,9 +7,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import text
 
-from api.db.base import Base
-from api.db import models  # noqa: F401  (registers the tables)
-from api.db.session import create_db_engine
+from seal_service.db.base import Base
+from seal_service.db import models  # noqa: F401  (registers the tables)
+from seal_service.db.session import create_db_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -25,7 +25,7 @@ def database_url() -> str:
     url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from api.settings import Settings
+    from seal_service.settings import Settings
 
     return Settings().resolved_database_url
 

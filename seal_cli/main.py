@@ -29,11 +29,11 @@ def fail(message: str) -> NoReturn:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
-    from seal_engine.documents import DocumentError
-    from seal_engine.grading import JudgeError
-    from seal_engine.lora import AdapterError
-    from seal_engine.model import ModelNotFoundError
-    from seal_engine.prompts import UnknownStrategyError
+    from seal_engine.knowledge.documents import DocumentError
+    from seal_engine.core.grading import JudgeError
+    from seal_engine.core.lora import AdapterError
+    from seal_engine.core.model import ModelNotFoundError
+    from seal_engine.knowledge.prompts import UnknownStrategyError
 
     return (DocumentError, UnknownStrategyError, AdapterError, ModelNotFoundError, JudgeError, ValidationError, ValueError)
 
@@ -57,7 +57,7 @@ def user_errors() -> Iterator[None]:
 
 def _settings(**overrides: object):
     """Engine settings from the environment, with CLI flags layered on top."""
-    from seal_engine.settings import EngineSettings, LoraSettings
+    from seal_engine.config import EngineSettings, LoraSettings
 
     base = EngineSettings()
     lora = {k[5:]: v for k, v in overrides.items() if k.startswith("lora_") and v is not None}
@@ -69,7 +69,7 @@ def _settings(**overrides: object):
 
 
 def _load(settings):
-    from seal_engine.model import get_model
+    from seal_engine.core.model import get_model
 
     with console.status(f"loading {settings.model_id}"):
         return get_model(settings)
@@ -78,7 +78,7 @@ def _load(settings):
 def _judge(settings, use_judge: bool):
     if not use_judge:
         return None
-    from seal_engine.grading import LLMJudge
+    from seal_engine.core.grading import LLMJudge
 
     return LLMJudge(settings.judge)
 
@@ -121,10 +121,10 @@ def adapt(
     _quiet_libraries()
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    from seal_engine.adaptation import adapt as run_adapt
-    from seal_engine.adaptation import save_result
-    from seal_engine.documents import load_documents
-    from seal_engine.prompts import get_strategy
+    from seal_engine.knowledge.adapt import adapt as run_adapt
+    from seal_engine.knowledge.adapt import save_result
+    from seal_engine.knowledge.documents import load_documents
+    from seal_engine.knowledge.prompts import get_strategy
 
     with user_errors():
         docs = load_documents(document)
@@ -155,8 +155,8 @@ def ask(
 ) -> None:
     """Answer a question closed-book, with or without an adapter."""
     _quiet_libraries()
-    from seal_engine.lora import load_adapter
-    from seal_engine.qa import answer_questions
+    from seal_engine.core.lora import load_adapter
+    from seal_engine.knowledge.qa import answer_questions
 
     with user_errors():
         if not question.strip():
@@ -190,9 +190,9 @@ def eval_(
     _quiet_libraries()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from seal_engine.documents import load_documents
-    from seal_engine.knowledge_eval import run_knowledge_eval, select_passages
-    from seal_engine.prompts import get_strategy
+    from seal_engine.knowledge.documents import load_documents
+    from seal_engine.knowledge.benchmark import run_knowledge_eval, select_passages
+    from seal_engine.knowledge.prompts import get_strategy
 
     with user_errors():
         arms = [s.strip() for s in strategies.split(",") if s.strip()]
@@ -238,7 +238,7 @@ EVAL_MODES = ("single", "multi-document", "continual")
 def _policy(path: Path | None):  # noqa: ANN202
     if path is None:
         return None
-    from seal_engine.lora import load_adapter
+    from seal_engine.core.lora import load_adapter
 
     return load_adapter(path)
 
@@ -257,12 +257,12 @@ def _eval_other_mode(mode: str, bundle, docs, arms, settings, *, k, judge, polic
             bar.update(tasks[stage], completed=done, total=total)
 
         if mode == "multi-document":
-            from seal_engine.multi_document import run_multi_document_eval
+            from seal_engine.knowledge.multi_document import run_multi_document_eval
 
             results = run_multi_document_eval(bundle, docs, arms, settings, k=k, policy=policy, judge=judge,
                                               progress=progress)
         else:
-            from seal_engine.continual import run_continual
+            from seal_engine.knowledge.continual import run_continual
 
             results = run_continual(bundle, docs, settings, strategy=arms[0], k=k,
                                     on_step=lambda j, _r: progress("documents", j + 1, len(docs)))
@@ -333,11 +333,11 @@ def rl(
 ) -> None:
     """Train the self-edit policy with ReST-EM (the small preset: one iteration < 1 h on 2 cores)."""
     _quiet_libraries()
-    from seal_engine.documents import load_documents
-    from seal_engine.rl import RLConfig
-    from seal_engine.rl_local import compare_policies, prepare_run_dir, run_rl
-    from seal_engine.rl_local import dev_passages as pick_dev
-    from seal_engine.settings import SFTSettings
+    from seal_engine.knowledge.documents import load_documents
+    from seal_engine.rl.loop import RLConfig
+    from seal_engine.rl.local import compare_policies, prepare_run_dir, run_rl
+    from seal_engine.rl.local import dev_passages as pick_dev
+    from seal_engine.config import SFTSettings
 
     with user_errors():
         if task == "knowledge":
@@ -345,7 +345,7 @@ def rl(
             if not any(d.questions for d in pool):
                 raise ValueError(f"{data}: no passages with questions")
         else:
-            from seal_engine.task_datasets import gradable, load_task_dataset
+            from seal_engine.fewshot.datasets import gradable, load_task_dataset
 
             pool = load_task_dataset(task, str(data))
             if not any(gradable(t) for t in pool):
@@ -406,7 +406,7 @@ def probes_build(
 ) -> None:
     """Filter the raw probe facts to those the configured base model answers correctly."""
     _quiet_libraries()
-    from seal_engine.retention import build_probe_set, raw_probes, save_probe_set
+    from seal_engine.knowledge.retention import build_probe_set, raw_probes, save_probe_set
 
     with user_errors():
         settings = _settings()
@@ -417,7 +417,7 @@ def probes_build(
     out.print(f"{len(probes)} of {len(raw_probes())} probes kept -> {path}")
 
 
-from .service_commands import register as _register_service_commands  # noqa: E402
+from seal_cli.commands.service import register as _register_service_commands  # noqa: E402
 
 _register_service_commands(app)
 

@@ -14,14 +14,14 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def engine_settings():
-    from seal_engine.settings import EngineSettings
+    from seal_engine.config import EngineSettings
 
     return EngineSettings(data_dir=TEST_DATA_DIR, retention_probes=16)
 
 
 @pytest.fixture(scope="session")
 def bundle(engine_settings):
-    from seal_engine.model import get_model
+    from seal_engine.core.model import get_model
 
     return get_model(engine_settings)
 
@@ -37,6 +37,6 @@ def squad_dev() -> Path:
 @pytest.fixture(scope="session")
 def fp32_bundle(engine_settings):
     """A float32 copy of the model, for numerical equivalence tests."""
-    from seal_engine.model import load_model
+    from seal_engine.core.model import load_model
 
     return load_model(engine_settings.model_copy(update={"dtype": "float32"}))

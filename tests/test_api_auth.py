@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from sqlalchemy import select
 
-from api.db.models import AdaptationJob, Adapter, ApiKey
-from api.db.session import session_scope
-from api.testing import (
+from seal_service.db.models import AdaptationJob, Adapter, ApiKey
+from seal_service.db.session import session_scope
+from tests.support.service import (
     api_client,
     bearer,
     fresh_postgres_database,
@@ -84,7 +84,7 @@ def test_revoked_key_is_rejected(env):
     key = new_key(settings, "acme")
     assert client.get("/v1/models", headers=bearer(key)).status_code == 200
     with session_scope(settings.resolved_database_url) as db:
-        from api.db.base import utcnow
+        from seal_service.db.base import utcnow
 
         for row in db.scalars(select(ApiKey)):
             row.revoked_at = utcnow()

@@ -7,7 +7,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from api.testing import (
+from tests.support.service import (
     api_client,
     bearer,
     fresh_postgres_database,

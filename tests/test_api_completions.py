@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from api.inference import CompletionBatcher, InferenceService
-from api.testing import Proc, bearer, free_port, new_key, service_env, service_settings, wait_http
-from seal_engine.serving import Completion, CompletionRequest
+from tests.support.service import Proc, bearer, free_port, new_key, service_env, service_settings, wait_http
+from seal_engine.serving.completions import Completion, CompletionRequest
 from tests.conftest import TEST_DATA_DIR
 
 BASE = "SmolLM2-135M-Instruct"

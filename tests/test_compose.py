@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.settings import Settings
+from seal_service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

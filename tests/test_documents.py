@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from seal_engine.documents import DocumentError, load_documents
+from seal_engine.knowledge.documents import DocumentError, load_documents
 
 
 def test_txt_document(tmp_path):

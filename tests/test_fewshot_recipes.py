@@ -17,7 +17,7 @@ from seal_engine.fewshot.recipes import (
     schema_text,
     validate_recipe,
 )
-from seal_engine.fewshot.settings import FewShotSettings
+from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.voting import exact_match, solved, vote
 
 S = FewShotSettings()

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from seal_engine.fewshot.settings import FewShotSettings
+from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.text_tasks import text_task
-from seal_engine.rl import PassageResult, RLConfig, run_iteration, select_best
-from seal_engine.settings import LoraSettings, SFTSettings
-from seal_engine.task_datasets import TaskError, gradable, load_task_dataset, task_from_json, task_to_dict
+from seal_engine.rl.loop import PassageResult, RLConfig, run_iteration, select_best
+from seal_engine.config import LoraSettings, SFTSettings
+from seal_engine.fewshot.datasets import TaskError, gradable, load_task_dataset, task_from_json, task_to_dict
 
 UPPER = text_task("upper", [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden")],
                   [{"input": w, "output": w.upper()} for w in ("window", "rocket")])
@@ -37,7 +37,7 @@ def test_config_rules_for_tasks():
 
 
 def test_select_best_keeps_only_successful_recipes():
-    from seal_engine.fewshot.rl_hooks import RecipeSampleResult
+    from seal_engine.rl.fewshot import RecipeSampleResult
 
     def s(k, reward, error=None):
         return RecipeSampleResult(passage=0, sample=k, prompt="p", text=f"r{k}", seeds=[k], rewards=[], reward=reward,
@@ -73,7 +73,7 @@ def test_one_iteration_over_a_text_task(bundle, engine_settings):
 
 def test_recipe_completion_is_what_follows_the_prompt():
     from seal_engine.fewshot.prompts import RESPONSE_PREFIX
-    from seal_engine.fewshot.rl_hooks import recipe_completion
+    from seal_engine.rl.fewshot import recipe_completion
 
     written = RESPONSE_PREFIX + '"basic"], "loss": "output", "learning_rate": 0.001, "epochs": 2}'
     assert recipe_completion(written) == written[len(RESPONSE_PREFIX):]

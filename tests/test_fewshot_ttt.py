@@ -9,7 +9,7 @@ import pytest
 from seal_engine.fewshot.arc import ArcPair, ArcTask
 from seal_engine.fewshot.augment import Geometric
 from seal_engine.fewshot.recipes import Recipe, RecipeError
-from seal_engine.fewshot.settings import FewShotSettings
+from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.text_tasks import SuiteOptions, text_task_suite
 
 pytestmark = pytest.mark.slow
@@ -45,7 +45,7 @@ def test_ttt_learns_a_text_task_that_in_context_learning_fails(bundle):
 
 def test_output_loss_masks_the_prompt_and_all_loss_does_not(bundle):
     from seal_engine.fewshot.training import encode_pair
-    from seal_engine.sft import IGNORE
+    from seal_engine.training.sft import IGNORE
 
     out = encode_pair(bundle, "Input: a\nOutput:", " b", "output", 512)
     every = encode_pair(bundle, "Input: a\nOutput:", " b", "all", 512)
@@ -129,14 +129,14 @@ def test_constrained_sampling_writes_only_valid_recipes_and_still_varies(bundle)
 
 
 def test_rl_hooks_score_recipes_and_record_failures(bundle):
-    from seal_engine.fewshot.rl_hooks import (
+    from seal_engine.rl.fewshot import (
         RecipeSampleResult,
         evaluate_task_recipes,
         recipe_completion,
         task_result_from_dict,
     )
     from seal_engine.fewshot.prompts import RESPONSE_PREFIX
-    from seal_engine.rl import select_best
+    from seal_engine.rl.loop import select_best
 
     task = _task(LEARNED_TASK, n_test=4)
     settings = FewShotSettings(max_examples=8, batch_size=4, step_budget=12)
@@ -153,6 +153,6 @@ def test_rl_hooks_score_recipes_and_record_failures(bundle):
     assert "over the budget of 12" in refused.error and refused.reward == 0 and refused.recipe["epochs"] == 10
     again = task_result_from_dict(json.loads(json.dumps(result.to_dict())))
     assert again.samples[2].error == refused.error and again.samples[0].reward == ok.reward
-    # What the RL loop keeps and fine-tunes the writer on (seal_engine.rl.select_best / train_policy).
+    # What the RL loop keeps and fine-tunes the writer on (seal_engine.rl.loop.select_best / train_policy).
     kept = [(s.prompt, recipe_completion(s.text)) for s in select_best([result], successful_only=True)]
     assert kept == ([("PROMPT", good[len(RESPONSE_PREFIX):])] if ok.reward > 0 else [])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal_engine.continual import clone_bundle, forgetting_summary, merge_adapter, run_continual
-from seal_engine.documents import Document, Question
-from seal_engine.lora import applied_adapter, train_lora
-from seal_engine.multi_document import pooled_sequences, run_multi_document_eval
-from seal_engine.qa import answer_questions
-from seal_engine.settings import LoraSettings
+from seal_engine.knowledge.continual import clone_bundle, forgetting_summary, merge_adapter, run_continual
+from seal_engine.knowledge.documents import Document, Question
+from seal_engine.core.lora import applied_adapter, train_lora
+from seal_engine.knowledge.multi_document import pooled_sequences, run_multi_document_eval
+from seal_engine.knowledge.qa import answer_questions
+from seal_engine.config import LoraSettings
 
 DOCS = [
     Document("The Zorblax Institute was founded by Marguerite Okonkwo in the city of Valparaiso. "

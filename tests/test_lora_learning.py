@@ -4,9 +4,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from seal_engine.lora import applied_adapter, collate, load_adapter, train_lora
-from seal_engine.qa import answer_questions
-from seal_engine.settings import LoraSettings
+from seal_engine.core.lora import applied_adapter, collate, load_adapter, train_lora
+from seal_engine.knowledge.qa import answer_questions
+from seal_engine.config import LoraSettings
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +91,8 @@ def test_saved_adapter_is_standard_peft(bundle, fact_adapter, tmp_path):
 def test_labelled_loss_equals_the_full_logits_loss_and_its_gradients(fp32_bundle):
     from peft import get_peft_model
 
-    from seal_engine.lora import labelled_loss, lora_config
-    from seal_engine.sft import IGNORE, collate_sft
+    from seal_engine.core.lora import labelled_loss, lora_config
+    from seal_engine.training.sft import IGNORE, collate_sft
 
     b = fp32_bundle
     tok = b.tokenizer

@@ -15,15 +15,15 @@ import threading
 import pytest
 import torch
 
-from seal_engine.batched_training import peft_initial_state, train_adapters_batched
-from seal_engine.continuous import ContinuousBatcher
-from seal_engine.decoding import DecodeRequest, Decoder
-from seal_engine.generation import generate
-from seal_engine.lora import LoraAdapter, applied_adapter, lora_config, train_lora
-from seal_engine.multilora import ServingLora, installed, module_paths, serving
-from seal_engine.prompts import answer_prompt
-from seal_engine.serving import AdapterCache, CompletionRequest, complete
-from seal_engine.settings import LoraSettings
+from seal_engine.training.batched import peft_initial_state, train_adapters_batched
+from seal_engine.serving.batcher import ContinuousBatcher
+from seal_engine.serving.decoder import DecodeRequest, Decoder
+from seal_engine.core.generation import generate
+from seal_engine.core.lora import LoraAdapter, applied_adapter, lora_config, train_lora
+from seal_engine.training.multilora import ServingLora, installed, module_paths, serving
+from seal_engine.knowledge.prompts import answer_prompt
+from seal_engine.serving.completions import AdapterCache, CompletionRequest, complete
+from seal_engine.config import LoraSettings
 
 pytestmark = pytest.mark.slow
 
@@ -285,7 +285,7 @@ def test_decoder_stops_at_stop_strings_and_cancels(fp32_bundle):
 
 def test_token_budget_comes_from_settings_then_device(fp32_bundle, monkeypatch):
     """The micro-batch budget: the argument, else LoraSettings.token_budget, else by device."""
-    import seal_engine.batched_training as bt
+    import seal_engine.training.batched as bt
 
     seen: list[int] = []
     real = bt._micro_batches
@@ -306,7 +306,7 @@ def test_token_budget_comes_from_settings_then_device(fp32_bundle, monkeypatch):
 
 def test_streamed_choice_is_seeded_as_that_choice_of_complete(fp32_bundle):
     """Choice j of a seeded request samples with choice j's seed, streamed or not."""
-    from seal_engine.serving import _row_seed, stream_completion
+    from seal_engine.serving.completions import _row_seed, stream_completion
 
     prompt = answer_prompt(fp32_bundle, "Tell me about the sea.")
     req = CompletionRequest(prompt, max_tokens=12, temperature=1.0, seed=7)

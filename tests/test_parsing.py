@@ -1,4 +1,4 @@
-from seal_engine.parsing import build_training_sequences
+from seal_engine.knowledge.parsing import build_training_sequences
 
 CTX = "The Zorblax Institute was founded in 1887."
 

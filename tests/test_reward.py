@@ -1,6 +1,6 @@
 import pytest
 
-from seal_engine.reward import compute_reward
+from seal_engine.knowledge.reward import compute_reward
 
 
 def test_reward_penalises_only_lost_retention():

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.testing import Proc, bearer, free_port, seal_cli, service_env, wait_http
+from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_http
 from tests.conftest import TEST_DATA_DIR
 
 TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "squad" / "train.json"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal_engine.documents import load_documents
-from seal_engine.settings import LoraSettings, SamplingSettings, SFTSettings
-from seal_engine.sft import IGNORE, build_example, collate_sft, completion_loss, train_sft
+from seal_engine.knowledge.documents import load_documents
+from seal_engine.config import LoraSettings, SamplingSettings, SFTSettings
+from seal_engine.training.sft import IGNORE, build_example, collate_sft, completion_loss, train_sft
 
 PAIRS = [
     ("Read the passage and list implications.\nPassage: The sky is green on Zorbia.\nImplications:\n1.",
@@ -46,9 +46,9 @@ def test_sft_lowers_completion_loss_and_stacks(bundle):
 
 
 def test_policy_writes_the_self_edits(bundle):
-    from seal_engine.documents import Document
-    from seal_engine.prompts import get_strategy, self_edit_prompt
-    from seal_engine.self_edits import sample_self_edits_many
+    from seal_engine.knowledge.documents import Document
+    from seal_engine.knowledge.prompts import get_strategy, self_edit_prompt
+    from seal_engine.knowledge.self_edits import sample_self_edits_many
 
     strat = get_strategy("implications")
     doc = Document("Zorbia is a small country with a green sky.", "Zorbia")
@@ -65,7 +65,7 @@ def test_policy_writes_the_self_edits(bundle):
 
 @pytest.mark.slow
 def test_one_rl_iteration_on_the_tiny_model(bundle, engine_settings, squad_dev):
-    from seal_engine.rl import RLConfig, passages_for_iteration, run_iteration, sample_iteration
+    from seal_engine.rl.loop import RLConfig, passages_for_iteration, run_iteration, sample_iteration
 
     pool = load_documents(squad_dev.parent / "train.json")[:20]
     config = RLConfig(
@@ -98,8 +98,8 @@ def test_run_directory_resumes_across_new_and_execution_only_settings(tmp_path):
     a different inner loop is not."""
     import json
 
-    from seal_engine.rl import RLConfig
-    from seal_engine.rl_local import prepare_run_dir
+    from seal_engine.rl.loop import RLConfig
+    from seal_engine.rl.local import prepare_run_dir
 
     config = RLConfig.small()
     prepare_run_dir(tmp_path, config)

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import update
 
-from api.db.base import utcnow
-from api.db.models import RLRun, RLSample, RLWorkLease
-from api.db.session import session_scope
-from api.testing import api_client, bearer, new_key, service_settings
+from seal_service.db.base import utcnow
+from seal_service.db.models import RLRun, RLSample, RLWorkLease
+from seal_service.db.session import session_scope
+from tests.support.service import api_client, bearer, new_key, service_settings
 from tests.conftest import TEST_DATA_DIR
-from workers import rl_jobs
-from workers import rl_leases as leases
+from workers.rl import jobs as rl_jobs
+from workers.rl import leases
 
 DOCS = [{"title": f"Doc {i}", "text": f"The Zorblax {i} was founded in 18{i}0.",
          "questions": [{"question": f"When was Zorblax {i} founded?", "answer": f"18{i}0"}]} for i in range(2)]

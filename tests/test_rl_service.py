@@ -9,13 +9,13 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from api.db.models import AdaptationJob, Adapter, PolicyCheckpoint, SelfEdit
-from api.db.session import session_scope
-from api.testing import api_client, bearer, new_key, service_settings
-from seal_engine.lora import LoraAdapter
+from seal_service.db.models import AdaptationJob, Adapter, PolicyCheckpoint, SelfEdit
+from seal_service.db.session import session_scope
+from tests.support.service import api_client, bearer, new_key, service_settings
+from seal_engine.core.lora import LoraAdapter
 from tests.conftest import TEST_DATA_DIR
 from tests.test_service_jobs import DOCS, FakeEngine
-from workers import jobs as wj
+from workers.adaptation import run as wj
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ def test_rl_runs_are_admin_only_and_validated(svc):
 def test_tiny_rl_run_through_the_api_survives_a_lost_worker(svc, bundle):
     import time
 
-    from workers import rl_jobs
+    from workers.rl import jobs as rl_jobs
 
     if not TRAIN.exists():
         pytest.skip(f"no {TRAIN}")

@@ -16,7 +16,7 @@ import zipfile
 import httpx
 import pytest
 
-from api.testing import Proc, bearer, free_port, seal_cli, service_env, wait_for, wait_http
+from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_for, wait_http
 from tests.conftest import TEST_DATA_DIR
 
 # Stated both ways round: with the tiny model, a one-way statement is learnt less reliably.
@@ -121,7 +121,7 @@ def test_embedded_serve_adapt_and_query(tmp_path):
         z = httpx.get(f"{base}/v1/adapters/{adapter_id}/download", headers=a)
         assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
         zipfile.ZipFile(io.BytesIO(z.content)).extractall(tmp_path / "download")
-        from seal_engine.lora import load_adapter
+        from seal_engine.core.lora import load_adapter
 
         loaded = load_adapter(tmp_path / "download" / adapter_id)
         assert loaded.config.r == 16 and loaded.state

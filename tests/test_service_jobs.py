@@ -1,4 +1,4 @@
-"""The adaptation job state machine (workers.jobs), with a stand-in for the engine so it runs in ms.
+"""The adaptation job state machine (workers.adaptation.run), with a stand-in for the engine so it runs in ms.
 
 Covers: success registers exactly one adapter; redelivery is a no-op; failures are
 readable and leave nothing registered; cancel; a lost lease; a worker dying between
@@ -15,13 +15,13 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import func, select, update
 
-from api.db.base import utcnow
-from api.db.models import AdaptationJob, Adapter, SelfEdit
-from api.db.session import session_scope
-from api.testing import api_client, bearer, new_key, service_settings
-from seal_engine.documents import DocumentError
+from seal_service.db.base import utcnow
+from seal_service.db.models import AdaptationJob, Adapter, SelfEdit
+from seal_service.db.session import session_scope
+from tests.support.service import api_client, bearer, new_key, service_settings
+from seal_engine.knowledge.documents import DocumentError
 from tests.conftest import TEST_DATA_DIR
-from workers import jobs as wj
+from workers.adaptation import run as wj
 from workers.lifecycle import recover
 
 DOCS = [{"title": "Zorblax", "text": "The Zorblax Institute was founded by Marguerite Okonkwo."},
@@ -298,7 +298,7 @@ def test_promoted_policy_is_the_default_and_is_recorded(svc, tmp_path):
     from safetensors.torch import save_file
     import torch
 
-    from api.db.models import PolicyCheckpoint
+    from seal_service.db.models import PolicyCheckpoint
 
     policy_dir = tmp_path / "policy"
     LoraConfig(r=2, target_modules=["q_proj"]).save_pretrained(str(policy_dir))
@@ -355,7 +355,7 @@ def test_openapi_docs(svc):
 
 
 def test_readyz_reports_each_dependency(svc, tmp_path):
-    from api.db.models import WorkerHeartbeat
+    from seal_service.db.models import WorkerHeartbeat
 
     r = svc.client.get("/readyz")
     assert r.status_code == 503
@@ -370,7 +370,7 @@ def test_readyz_reports_each_dependency(svc, tmp_path):
     assert svc.client.get("/healthz").json() == {"status": "ok"}
 
     # A broker that does not answer.
-    from api.testing import free_port
+    from tests.support.service import free_port
 
     bad = service_settings(tmp_path / "bad", TEST_DATA_DIR, broker_url=f"redis://127.0.0.1:{free_port()}/0")
     with api_client(bad) as client:

@@ -8,11 +8,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from api.db import models  # noqa: F401
-from api.db.base import Base
-from api.db.migrate import alembic_config, current_revision, head_revision, upgrade_head
-from api.db.session import create_db_engine
-from api.testing import fresh_postgres_database, postgres_admin_url
+from seal_service.db import models  # noqa: F401
+from seal_service.db.base import Base
+from seal_service.db.migrate import alembic_config, current_revision, head_revision, upgrade_head
+from seal_service.db.session import create_db_engine
+from tests.support.service import fresh_postgres_database, postgres_admin_url
 
 TABLES = {
     "tenants", "api_keys", "documents", "adaptation_jobs", "job_documents", "self_edits", "adapters",

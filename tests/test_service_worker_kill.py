@@ -14,9 +14,9 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from api.db.models import AdaptationJob, Adapter, SelfEdit, WorkerHeartbeat
-from api.db.session import session_scope
-from api.testing import (
+from seal_service.db.models import AdaptationJob, Adapter, SelfEdit, WorkerHeartbeat
+from seal_service.db.session import session_scope
+from tests.support.service import (
     Proc,
     api_client,
     bearer,
@@ -28,7 +28,7 @@ from api.testing import (
     service_settings,
     wait_for,
 )
-from seal_cli.service_commands import worker_argv
+from seal_cli.commands.service import worker_argv
 from tests.conftest import TEST_DATA_DIR
 
 # A Redis database of its own: a short visibility timeout must not touch anyone else's messages.

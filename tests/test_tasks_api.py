@@ -10,12 +10,12 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from api.db.models import PolicyCheckpoint
-from api.db.session import session_scope
-from api.testing import api_client, bearer, new_key, service_settings
-from seal_engine.lora import LoraAdapter
+from seal_service.db.models import PolicyCheckpoint
+from seal_service.db.session import session_scope
+from tests.support.service import api_client, bearer, new_key, service_settings
+from seal_engine.core.lora import LoraAdapter
 from tests.conftest import SHARED_DATA, TEST_DATA_DIR
-from workers import jobs as wj
+from workers.adaptation import run as wj
 
 UPPER = [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden", "pencil")]
 HELD = [{"input": w, "output": w.upper()} for w in ("window", "rocket")]

@@ -21,9 +21,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from api.db.models import Adapter
-from api.db.session import session_scope
-from api.testing import Proc, api_client, bearer, free_port, new_key, service_env, service_settings, wait_http
+from seal_service.db.models import Adapter
+from seal_service.db.session import session_scope
+from tests.support.service import Proc, api_client, bearer, free_port, new_key, service_env, service_settings, wait_http
 from tests.conftest import TEST_DATA_DIR
 
 BASE = "SmolLM2-135M-Instruct"
@@ -40,8 +40,8 @@ def linear_shapes() -> dict[str, tuple[int, int]]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from seal_engine.model import default_model_dir
-    from seal_engine.settings import EngineSettings
+    from seal_engine.core.model import default_model_dir
+    from seal_engine.config import EngineSettings
 
     config = AutoConfig.from_pretrained(default_model_dir(EngineSettings(data_dir=TEST_DATA_DIR)))
     with torch.device("meta"):
@@ -54,8 +54,8 @@ def write_adapter(directory: Path, shapes: dict[str, tuple[int, int]], seed: int
     """A PEFT adapter with random A and B (B large enough to change greedy answers)."""
     import torch
 
-    from seal_engine.lora import LoraAdapter, lora_config
-    from seal_engine.settings import LoraSettings
+    from seal_engine.core.lora import LoraAdapter, lora_config
+    from seal_engine.config import LoraSettings
 
     g = torch.Generator().manual_seed(seed)
     state = {}
@@ -347,7 +347,7 @@ def test_load_and_unload_lora_adapter_endpoints(upstream, linear_shapes):
 def test_settings_require_a_url_for_vllm():
     from pydantic import ValidationError
 
-    from api.settings import Settings
+    from seal_service.settings import Settings
 
     with pytest.raises(ValidationError, match="SEAL_VLLM_BASE_URL"):
         Settings(generation_backend="vllm")

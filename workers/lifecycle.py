@@ -11,14 +11,14 @@ from datetime import timedelta
 from celery import Celery
 from sqlalchemy import delete, or_, select, update
 
-from api.db.base import utcnow
-from api.db.models import QUEUED, RUNNING, AdaptationJob, WorkerHeartbeat
-from api.db.session import session_scope
-from api.settings import Settings
+from seal_service.db.base import utcnow
+from seal_service.db.models import QUEUED, RUNNING, AdaptationJob, WorkerHeartbeat
+from seal_service.db.session import session_scope
+from seal_service.settings import Settings
 
-from . import rl_leases
-from .app import dispatch_adaptation, dispatch_rl
-from .jobs import holder_is_dead
+from workers.rl import leases as rl_leases
+from seal_service.queue import dispatch_adaptation, dispatch_rl
+from workers.adaptation.run import holder_is_dead
 
 log = logging.getLogger("seal.worker")
 
@@ -43,7 +43,7 @@ def forget(settings: Settings, worker: str) -> None:
 
 
 def recover(settings: Settings, app: Celery) -> list[str]:
-    """Send again the jobs whose message may be lost. Duplicates are harmless (see workers.jobs).
+    """Send again the jobs whose message may be lost. Duplicates are harmless (see workers.adaptation.run).
 
     - running, but its worker is dead (same host) or its lease expired, and not sent since;
     - queued, and not sent for ``requeue_after_s`` (or never sent: the API died before sending).
@@ -148,7 +148,7 @@ class Housekeeper:
 
 
 def preload_model(settings: Settings) -> None:
-    from seal_engine.model import get_model
+    from seal_engine.core.model import get_model
 
     try:
         bundle = get_model(settings)

@@ -8,13 +8,14 @@ from celery.signals import worker_ready, worker_shutdown
 
 # The engine is imported here, in the main thread, before any task or thread runs:
 # transformers' lazy imports are not safe to race from two threads.
-import seal_engine.adaptation  # noqa: F401
-import seal_engine.model  # noqa: F401
+import seal_engine.knowledge.adapt  # noqa: F401
+import seal_engine.core.model  # noqa: F401
 
-from . import rl_jobs
-from .app import ADAPT_TASK, RL_EVALUATE_TASK, RL_STEP_TASK, app, dispatch_rl
-from .jobs import run_adaptation, worker_identity
-from .lifecycle import Housekeeper, preload_model
+from workers.rl import jobs as rl_jobs
+from seal_service.queue import ADAPT_TASK, RL_EVALUATE_TASK, RL_STEP_TASK, dispatch_rl
+from workers.app import app
+from workers.adaptation.run import run_adaptation, worker_identity
+from workers.lifecycle import Housekeeper, preload_model
 
 log = logging.getLogger("seal.worker")
 

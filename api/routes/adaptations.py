@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sse_starlette import EventSourceResponse
 
-from ..db.models import TERMINAL, AdaptationJob
-from ..deps import DbDep, PrincipalDep, SettingsDep
-from ..errors import APIError
-from ..jobs import cancel_job, create_job, event_snapshot, get_job, job_out, queue_job
-from ..schemas import AdaptationCreate, AdaptationList, AdaptationOut
+from seal_service.db.models import TERMINAL, AdaptationJob
+from api.deps import DbDep, PrincipalDep, SettingsDep
+from api.errors import APIError
+from api.services.jobs import cancel_job, create_job, event_snapshot, get_job, job_out, queue_job
+from api.schemas import AdaptationCreate, AdaptationList, AdaptationOut
 
 log = logging.getLogger("seal.api")
 router = APIRouter(prefix="/v1/adaptations", tags=["adaptations"])

@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ConfigDict, Field
 from sqlalchemy import func, select, update
 
-from seal_engine.rl import RLConfig
+from seal_engine.rl.loop import RLConfig
 
-from ..db.base import new_id, utcnow
-from ..db.models import (
+from seal_service.db.base import new_id, utcnow
+from seal_service.db.models import (
     QUEUED,
     RUNNING,
     SUCCEEDED,
@@ -28,11 +28,11 @@ from ..db.models import (
     Tenant,
     WorkerHeartbeat,
 )
-from ..deps import AdminDep, DbDep, SettingsDep
-from ..errors import APIError, field_error, not_found
-from ..jobs import job_out, policy_family, same_family, valid_id
-from ..keys import TenantNameError, create_key
-from ..schemas import AdaptationList, KeyCreate, KeyOut, PolicyList, PolicyOut, TenantOut, WorkerOut
+from api.deps import AdminDep, DbDep, SettingsDep
+from api.errors import APIError, field_error, not_found
+from api.services.jobs import job_out, policy_family, same_family, valid_id
+from seal_service.keys import TenantNameError, create_key
+from api.schemas import AdaptationList, KeyCreate, KeyOut, PolicyList, PolicyOut, TenantOut, WorkerOut
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
@@ -150,8 +150,8 @@ def _get_run(db, run_id: str) -> RLRun:  # noqa: ANN001
 
 
 def _send_step(request: Request, settings, run: RLRun) -> None:  # noqa: ANN001
-    from workers.app import dispatch_rl
-    from workers.rl_leases import STEP, mark_dispatched
+    from seal_service.queue import dispatch_rl
+    from seal_service.queue import STEP, mark_dispatched
 
     try:
         dispatch_rl(request.app.state.celery, settings, "step", [run.id])
@@ -192,7 +192,7 @@ def _task_pool(body: RLRunCreate, kind: str) -> dict[str, Any]:
     """The few-shot tasks of a task run (validated now: 422 rather than a failed run)."""
     from seal_engine.fewshot.arc import TaskError
     from seal_engine.fewshot.grids import GridError
-    from seal_engine.task_datasets import gradable, load_task_dataset, task_to_dict, tasks_from_uploads
+    from seal_engine.fewshot.datasets import gradable, load_task_dataset, task_to_dict, tasks_from_uploads
 
     if body.documents is not None:
         raise field_error(("documents",), "a task run takes 'tasks' or 'dataset', not documents")
@@ -216,7 +216,7 @@ def _task_pool(body: RLRunCreate, kind: str) -> dict[str, Any]:
 
 
 def _document_pool(body: RLRunCreate) -> dict[str, Any]:
-    from seal_engine.documents import DocumentError, document_from_dict, load_documents
+    from seal_engine.knowledge.documents import DocumentError, document_from_dict, load_documents
 
     if body.tasks is not None or body.solutions is not None:
         raise field_error(("tasks",), "'tasks' and 'solutions' are for task runs (task: text or arc)")

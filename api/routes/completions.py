@@ -14,13 +14,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..backends import GenerationBackend, ModelTarget
-from ..deps import Principal, PrincipalDep, SettingsDep
-from ..errors import APIError, field_error
-from ..schemas import ChatCompletionIn, CompletionIn, _SamplingParams
-from ..settings import Settings
-from .lora_adapters import runtime_target
-from .models import find_adapter
+from api.backends import GenerationBackend, ModelTarget
+from api.deps import Principal, PrincipalDep, SettingsDep
+from api.errors import APIError, field_error
+from api.schemas import ChatCompletionIn, CompletionIn, _SamplingParams
+from seal_service.settings import Settings
+from api.routes.lora_adapters import runtime_target
+from api.routes.models import find_adapter
 
 router = APIRouter(tags=["completions"])
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ..db.models import Document
-from ..deps import DbDep, PrincipalDep, SettingsDep
-from ..errors import field_error, not_found
-from ..jobs import store_document, valid_id
-from ..schemas import DocumentIn, DocumentOut
+from seal_service.db.models import Document
+from api.deps import DbDep, PrincipalDep, SettingsDep
+from api.errors import field_error, not_found
+from api.services.jobs import store_document, valid_id
+from api.schemas import DocumentIn, DocumentOut
 
 router = APIRouter(prefix="/v1/documents", tags=["documents"])
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
-from ..db.base import utcnow
-from ..db.models import WorkerHeartbeat
+from seal_service.db.base import utcnow
+from seal_service.db.models import WorkerHeartbeat
 
 router = APIRouter(tags=["health"])
 
@@ -39,7 +39,7 @@ def _check_worker(request: Request) -> dict:
 
 
 def _check_broker(request: Request) -> dict:
-    from workers.app import check_broker
+    from seal_service.queue import check_broker
 
     check_broker(request.app.state.celery)
     return {"ok": True, "embedded": request.app.state.settings.embedded_broker}

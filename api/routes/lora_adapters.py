@@ -20,13 +20,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
-from seal_engine.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from seal_engine.core.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
-from ..backends import GenerationBackend, ModelTarget
-from ..deps import AdminDep, Principal, SettingsDep
-from ..errors import APIError
-from ..schemas import Strict
-from ..settings import Settings
+from api.backends import GenerationBackend, ModelTarget
+from api.deps import AdminDep, Principal, SettingsDep
+from api.errors import APIError
+from api.schemas import Strict
+from seal_service.settings import Settings
 
 router = APIRouter(tags=["adapters"])
 

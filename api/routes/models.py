@@ -14,14 +14,14 @@ from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..backends import ModelTarget
-from ..db.base import utcnow
-from ..db.models import ADAPTER_DELETED, ADAPTER_READY, Adapter
-from ..deps import DbDep, Principal, PrincipalDep, SettingsDep
-from ..errors import APIError, not_found
-from ..jobs import adapter_files, valid_id
-from ..schemas import AdapterList, AdapterOut, ModelList, ModelOut
-from ..settings import Settings
+from api.backends import ModelTarget
+from seal_service.db.base import utcnow
+from seal_service.db.models import ADAPTER_DELETED, ADAPTER_READY, Adapter
+from api.deps import DbDep, Principal, PrincipalDep, SettingsDep
+from api.errors import APIError, not_found
+from api.services.jobs import adapter_files, valid_id
+from api.schemas import AdapterList, AdapterOut, ModelList, ModelOut
+from seal_service.settings import Settings
 
 router = APIRouter(tags=["models"])
 

@@ -14,13 +14,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
-from ..db.base import new_id, utcnow
-from ..db.models import QUEUED, SUCCEEDED, Adapter, AdaptationJob
-from ..deps import DbDep, Principal, PrincipalDep, SettingsDep
-from ..errors import APIError, field_error, not_found
-from ..jobs import adapter_id_for, promoted_policy, queue_job, valid_id
-from ..schemas import Progress, SelfEditOut, SolveIn, SolveOut, TaskCreate, TaskOut
-from . import adaptations
+from seal_service.db.base import new_id, utcnow
+from seal_service.db.models import QUEUED, SUCCEEDED, Adapter, AdaptationJob
+from api.deps import DbDep, Principal, PrincipalDep, SettingsDep
+from api.errors import APIError, field_error, not_found
+from api.services.jobs import adapter_id_for, promoted_policy, queue_job, valid_id
+from api.schemas import Progress, SelfEditOut, SolveIn, SolveOut, TaskCreate, TaskOut
+from api.routes import adaptations
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -96,7 +96,7 @@ def task_out(job: AdaptationJob) -> TaskOut:
              summary="Adapt to a few-shot task: the model writes a training recipe, an adapter is trained on it")
 def create_task(body: TaskCreate, request: Request, db: DbDep, settings: SettingsDep, who: PrincipalDep) -> JSONResponse:
     from seal_engine.fewshot.recipes import RecipeError, validate_recipe
-    from seal_engine.task_datasets import task_to_dict
+    from seal_engine.fewshot.datasets import task_to_dict
 
     task = build_task(body)
     domain = "arc" if task.kind == "arc" else "text"
@@ -154,8 +154,8 @@ def cancel_task(job_id: str, db: DbDep, who: PrincipalDep) -> TaskOut:
 async def solve_task(job_id: str, body: SolveIn, request: Request, db: DbDep, settings: SettingsDep,
                      who: PrincipalDep) -> SolveOut:
     from seal_engine.fewshot.grids import GridError, as_grid
-    from seal_engine.task_adaptation import solve
-    from seal_engine.task_datasets import task_from_json
+    from seal_engine.fewshot.adapt import solve
+    from seal_engine.fewshot.datasets import task_from_json
 
     job = _task_job(db, who, job_id)
     if job.status != SUCCEEDED:

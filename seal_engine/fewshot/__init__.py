@@ -8,14 +8,14 @@ explicitly: ``prompts``, ``training``, ``execute``, ``inference``, ``paraphrase`
 ``recipe_sampling`` and ``rl_hooks``.
 """
 
-from .arc import ArcPair, ArcTask, TaskError, load_tasks, shared_task_files, task_from_dict
-from .augment import ARC_GROUPS, ColorMap, NotInvertible, Transform, group_transforms, random_color_map
-from .grids import MAX_SIDE, Grid, GridError, as_grid, grid_to_text, text_to_grid
-from .recipes import GROUPS, Recipe, RecipeError, check_budget, default_recipe, parse_recipe
-from .settings import FewShotSettings
-from .text_tasks import TextPair, TextTask, text_task, text_task_suite
-from .ttt_data import Episode, arc_episodes, leave_n_out, text_episodes
-from .voting import solved, vote
+from seal_engine.fewshot.arc import ArcPair, ArcTask, TaskError, load_tasks, shared_task_files, task_from_dict
+from seal_engine.fewshot.augment import ARC_GROUPS, ColorMap, NotInvertible, Transform, group_transforms, random_color_map
+from seal_engine.fewshot.grids import MAX_SIDE, Grid, GridError, as_grid, grid_to_text, text_to_grid
+from seal_engine.fewshot.recipes import GROUPS, Recipe, RecipeError, check_budget, default_recipe, parse_recipe
+from seal_engine.config import FewShotSettings
+from seal_engine.fewshot.text_tasks import TextPair, TextTask, text_task, text_task_suite
+from seal_engine.fewshot.ttt_data import Episode, arc_episodes, leave_n_out, text_episodes
+from seal_engine.fewshot.voting import solved, vote
 
 __all__ = [
     "ARC_GROUPS", "GROUPS", "MAX_SIDE", "ArcPair", "ArcTask", "ColorMap", "Episode", "FewShotSettings", "Grid",

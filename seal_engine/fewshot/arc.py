@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .augment import ColorMap, Transform
-from .grids import Grid, GridError, as_grid, grid_to_text
+from seal_engine.errors import InputError
+from seal_engine.fewshot.augment import ColorMap, Transform
+from seal_engine.fewshot.grids import Grid, GridError, as_grid, grid_to_text
 
 
-class TaskError(ValueError):
+class TaskError(InputError):
     pass
 
 

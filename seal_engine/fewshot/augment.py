@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .grids import Grid
+from seal_engine.fewshot.grids import Grid
 
 
 class NotInvertible(ValueError):

@@ -6,15 +6,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from seal_engine.lora import TrainedAdapter
-from seal_engine.model import ModelBundle
+from seal_engine.core.lora import TrainedAdapter
+from seal_engine.core.model import ModelBundle
 
-from .arc import ArcTask
-from .prompts import FewShotTask, arc_completion, arc_prompt, domain_of, text_completion, text_prompt
-from .recipes import Recipe, RecipeError, check_budget, example_limit
-from .settings import FewShotSettings
-from .training import Example, encode_pair, train_adapter
-from .ttt_data import Episode, arc_episodes, text_episodes
+from seal_engine.fewshot.arc import ArcTask
+from seal_engine.fewshot.prompts import FewShotTask, arc_completion, arc_prompt, domain_of, text_completion, text_prompt
+from seal_engine.fewshot.recipes import Recipe, RecipeError, check_budget, example_limit
+from seal_engine.config import FewShotSettings
+from seal_engine.fewshot.training import Example, encode_pair, train_adapter
+from seal_engine.fewshot.ttt_data import Episode, arc_episodes, text_episodes
 
 
 @dataclass

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from seal_engine.errors import InputError
+
 Grid = tuple[tuple[int, ...], ...]
 
 MAX_SIDE = 30  # ARC's largest grid; augmented grids beyond it are dropped
 
 
-class GridError(ValueError):
+class GridError(InputError):
     pass
 
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from seal_engine.generation import generate
-from seal_engine.lora import LoraAdapter
-from seal_engine.model import ModelBundle
+from seal_engine.core.generation import generate
+from seal_engine.core.lora import LoraAdapter
+from seal_engine.core.model import ModelBundle
 
-from .prompts import parse_text_answer
+from seal_engine.fewshot.prompts import parse_text_answer
 
 INSTRUCTION = "Reword the text in a different way with the same meaning. Reply with the reworded text only."
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from seal_engine.prompts import Strategy, self_edit_prompt
+from seal_engine.knowledge.prompts import Strategy, self_edit_prompt
 
-from . import arc, text_tasks
-from .arc import ArcPair, ArcTask
-from .grids import Grid, grid_to_text
-from .recipes import Domain, schema_text
-from .settings import FewShotSettings
-from .text_tasks import TextPair, TextTask
+from seal_engine.fewshot import arc, text_tasks
+from seal_engine.fewshot.arc import ArcPair, ArcTask
+from seal_engine.fewshot.grids import Grid, grid_to_text
+from seal_engine.fewshot.recipes import Domain, schema_text
+from seal_engine.config import FewShotSettings
+from seal_engine.fewshot.text_tasks import TextPair, TextTask
 
 if TYPE_CHECKING:
-    from seal_engine.model import ModelBundle
+    from seal_engine.core.model import ModelBundle
 
 SYSTEM = {
     "arc": "Each input grid becomes its output grid by the same rule. "

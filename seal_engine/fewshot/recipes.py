@@ -15,8 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .augment import ARC_GROUPS
-from .settings import FewShotSettings
+from seal_engine.errors import InputError
+from seal_engine.fewshot.augment import ARC_GROUPS
+from seal_engine.config import FewShotSettings
 
 Domain = Literal["arc", "text"]
 
@@ -31,7 +32,7 @@ FIELDS = ("augmentations", "loss", "learning_rate", "epochs", "max_examples")
 REQUIRED = ("augmentations", "loss", "learning_rate", "epochs")
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """An unusable recipe; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:

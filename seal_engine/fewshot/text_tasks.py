@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .arc import TaskError
+from seal_engine.fewshot.arc import TaskError
 
 
 @dataclass(frozen=True)

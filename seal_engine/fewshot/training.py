@@ -1,6 +1,6 @@
 """Test-time training: (prompt, completion) pairs -> a fresh LoRA adapter.
 
-Reuses the shared PEFT loop (:func:`seal_engine.lora.run_peft_training`) and the SFT
+Reuses the shared PEFT loop (:func:`seal_engine.core.lora.run_peft_training`) and the SFT
 example encoding; "output" loss masks the prompt (label -100) as policy SFT does,
 "all" loss trains on every real token.
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from seal_engine.lora import TrainedAdapter, lora_config, run_peft_training
-from seal_engine.model import ModelBundle
-from seal_engine.sft import IGNORE, build_example, collate_sft
+from seal_engine.core.lora import TrainedAdapter, lora_config, run_peft_training
+from seal_engine.core.model import ModelBundle
+from seal_engine.training.sft import IGNORE, build_example, collate_sft
 
-from .recipes import Recipe
-from .settings import FewShotSettings
+from seal_engine.fewshot.recipes import Recipe
+from seal_engine.config import FewShotSettings
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Generic, TypeVar
 
-from .arc import ArcPair, ArcTask
-from .augment import IDENTITY, ColorMap, Transform, group_transforms, permuted, random_color_map
-from .grids import MAX_SIDE, fits
-from .text_tasks import TextPair, TextTask
+from seal_engine.fewshot.arc import ArcPair, ArcTask
+from seal_engine.fewshot.augment import IDENTITY, ColorMap, Transform, group_transforms, permuted, random_color_map
+from seal_engine.fewshot.grids import MAX_SIDE, fits
+from seal_engine.fewshot.text_tasks import TextPair, TextTask
 
 P = TypeVar("P", ArcPair, TextPair)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from .grids import Grid
+from seal_engine.fewshot.grids import Grid
 
 
 def vote(answers: Sequence[Grid | None], attempts: int = 2) -> list[Grid]:

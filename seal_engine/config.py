@@ -1,0 +1,190 @@
+"""Every engine setting in one tree, read from ``SEAL_*`` environment variables.
+
+Nested sections use ``__`` in env names, e.g. ``SEAL_LORA__RANK=32`` or
+``SEAL_FEWSHOT__LORA__RANK=8``. The service settings (:mod:`seal_service.settings`)
+extend :class:`EngineSettings`, so a process has exactly one settings object.
+
+The LoRA hyperparameters and their bounds are defined once, as the annotated types
+below: :class:`LoraSettings` uses them, :class:`SFTSettings` only changes defaults, and
+the API's request schema (``api.schemas.LoraIn``) reuses the same types.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
+
+# --- LoRA fields: the bounds, defined once ----------------------------------------------------
+Rank = Annotated[int, Field(ge=1, le=256)]
+Alpha = Annotated[int, Field(ge=1, le=1024)]
+Dropout = Annotated[float, Field(ge=0.0, lt=1.0)]
+Epochs = Annotated[int, Field(ge=1, le=200)]
+LearningRate = Annotated[float, Field(gt=0.0, le=1.0)]
+BatchSize = Annotated[int, Field(ge=1, le=512)]
+SeqLength = Annotated[int, Field(ge=8, le=8192)]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+TokenBudget = Annotated[int, Field(ge=16, le=1_048_576)]
+
+
+class LoraSettings(BaseModel):
+    """Inner-loop LoRA hyperparameters. Defaults measured to make the default model learn a fact."""
+
+    rank: Rank = 16
+    alpha: Alpha = 32
+    dropout: Dropout = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+    epochs: Epochs = 10
+    learning_rate: LearningRate = 1e-3
+    batch_size: BatchSize = 8
+    max_seq_length: SeqLength = 256
+    seed: Seed = 0
+    # Batched multi-LoRA training: the most tokens (rows x padded length) in one forward;
+    # larger steps are split into micro-batches with accumulated gradients. None picks by
+    # device: 1024 on CPU (larger gains nothing there), 16384 on a GPU (fills it).
+    token_budget: TokenBudget | None = None
+
+    # Fields that change how fast training runs, not what it computes: stored runs and
+    # evaluations resume across different values of them.
+    EXECUTION_ONLY: ClassVar[frozenset[str]] = frozenset({"token_budget"})
+
+
+class SFTSettings(LoraSettings):
+    """Supervised fine-tuning of the self-edit policy (a LoRA on the generator): the same
+    fields and bounds as :class:`LoraSettings`, other defaults."""
+
+    epochs: Epochs = 2
+    learning_rate: LearningRate = 3e-4
+    batch_size: BatchSize = 4
+    max_seq_length: SeqLength = 1024
+
+    def as_lora(self) -> LoraSettings:
+        return LoraSettings(**self.model_dump())
+
+
+class SamplingSettings(BaseModel):
+    """How self-edits are sampled."""
+
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+
+
+class JudgeSettings(BaseModel):
+    """Optional LLM judge reached through any OpenAI-compatible endpoint."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    timeout_s: float = 60.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.base_url and self.model)
+
+
+class FewShotSettings(BaseModel):
+    """Few-shot task adaptation (POST /v1/tasks, RL on tasks): test-time training and recipes."""
+
+    # Test-time-training data.
+    leave_out: list[int] = Field(default_factory=lambda: [1, 2], description="leave-n-out sizes")
+    max_examples: int = Field(48, ge=1, le=2000, description="cap on training episodes per task")
+    color_variants: int = Field(1, ge=0, le=8, description="colour-permuted copies per ARC episode")
+    max_seq_length: int = Field(4096, ge=64, le=8192, description="episodes with more tokens are dropped")
+    batch_size: int = Field(4, ge=1, le=64)
+    # Recipes: bounds and the step budget (epochs * batches; larger recipes are refused).
+    step_budget: int = Field(96, ge=1, le=100_000)
+    max_epochs: int = Field(10, ge=1, le=100)
+    lr_min: float = Field(1e-5, gt=0)
+    lr_max: float = Field(1e-2, gt=0, le=1.0)
+    # The LoRA shape of every test-time adapter (epochs and learning rate come from the recipe).
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    # Inference: ARC test inputs are answered under these transforms, then voted on.
+    inference_transforms: list[str] = Field(default_factory=lambda: ["identity", "transpose", "flip_h", "rot180"])
+    attempts: int = Field(2, ge=1, le=8, description="answers per ARC test input (pass@k)")
+    generation_batch_size: int = Field(8, ge=1, le=256)
+    text_max_new_tokens: int = Field(32, ge=1, le=512)
+    # Recipe sampling. "constrained" decodes under the recipe's grammar (always valid JSON,
+    # learning rate from ``recipe_learning_rates``); "free" lets the writer type anything
+    # and re-draws what does not parse (for writers large enough to follow the schema).
+    recipe_decoding: Literal["constrained", "free"] = "constrained"
+    recipe_learning_rates: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])
+    recipe_temperature: float = Field(1.0, ge=0.0, le=5.0)
+    recipe_top_p: float = Field(0.95, gt=0.0, le=1.0)
+    recipe_max_new_tokens: int = Field(64, ge=8, le=1024)
+    max_resamples: int = Field(2, ge=0, le=10, description="extra draws for an invalid recipe")
+    # Text paraphrase augmentation: paraphrases sampled per train input (0: never).
+    paraphrases: int = Field(2, ge=0, le=8)
+    seed: int = 0
+
+    @field_validator("leave_out")
+    @classmethod
+    def _leave_out(cls, v: list[int]) -> list[int]:
+        if not v or any(n not in (1, 2, 3) for n in v):
+            raise ValueError("leave_out holds 1, 2 or 3")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _rates_in_bounds(self) -> FewShotSettings:
+        if self.lr_min > self.lr_max:
+            raise ValueError("lr_min is above lr_max")
+        rates = self.recipe_learning_rates
+        if "recipe_learning_rates" not in self.model_fields_set:  # the default grid follows the bounds
+            rates = [r for r in rates if self.lr_min <= r <= self.lr_max] or [self.lr_min, self.lr_max]
+        if not rates or any(not self.lr_min <= r <= self.lr_max for r in rates):
+            raise ValueError(f"recipe_learning_rates must be non-empty and within [lr_min, lr_max]; got {rates}")
+        self.recipe_learning_rates = sorted(set(rates))
+        return self
+
+    @field_validator("inference_transforms")
+    @classmethod
+    def _transforms(cls, v: list[str]) -> list[str]:
+        from seal_engine.fewshot.augment import GEOMETRIC_OPS  # pure Python, no torch
+
+        bad = [t for t in v if t not in GEOMETRIC_OPS]
+        if not v or bad:
+            raise ValueError(f"inference transforms are among {', '.join(GEOMETRIC_OPS)}; got {bad or v}")
+        return v
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SEAL_", env_nested_delimiter="__", extra="ignore")
+
+    # Where converted models, adapters and caches live.
+    data_dir: Path = Path.home() / ".local" / "share" / "seal"
+    # A local Hugging Face model directory; empty means the embedded default model.
+    model_path: Path | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # "auto": bf16 where the hardware runs it fast (CUDA, or a CPU with AMX), else fp32.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # None: decide from the tokenizer (a chat template means a chat model).
+    chat_model: bool | None = None
+    torch_threads: int | None = None
+
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    fewshot: FewShotSettings = Field(default_factory=FewShotSettings)
+
+    # Question answering (grading) generation.
+    answer_max_new_tokens: int = Field(32, ge=1, le=64)
+    answer_batch_size: int = Field(128, ge=1)
+    # Grader behind rewards and retention: exact_match, f1, contains or judge.
+    reward_grader: Literal["exact_match", "f1", "contains", "judge"] = "contains"
+    # Reward: adapted accuracy - retention_lambda * max(0, baseline_retention - retention).
+    retention_lambda: float = Field(1.0, ge=0.0)
+    # How many retention probes to score per adapter (0 = all).
+    retention_probes: int = Field(64, ge=0)
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v in ("", None) else v
+
+    @property
+    def model_id(self) -> str:
+        return self.model_path.name if self.model_path else DEFAULT_MODEL_ID

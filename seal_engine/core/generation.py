@@ -1,0 +1,108 @@
+"""Batched text generation with the shared base model (optionally under an adapter)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from seal_engine.core.lora import LoraAdapter
+from seal_engine.core.model import ModelBundle
+from seal_engine.training.multilora import serving
+
+
+def _stop_truncate(text: str, stop: Sequence[str]) -> str:
+    cut = len(text)
+    for s in stop:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+@torch.inference_mode()
+def generate(
+    bundle: ModelBundle,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 32,
+    stop: Sequence[str] = (),
+    model: torch.nn.Module | None = None,
+    adapters: Sequence[LoraAdapter | None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None,
+) -> list[str]:
+    """Completions for ``prompts``, in order. Greedy when temperature is 0.
+
+    ``allowed_tokens`` constrains decoding (transformers' ``prefix_allowed_tokens_fn``).
+
+    ``adapters`` gives each prompt its own adapter (None: the base model); rows with
+    different adapters share every batch. ``model`` overrides the bundle's model
+    (e.g. a PEFT-wrapped one); the caller holds ``bundle.lock`` when it does.
+    """
+    if adapters is not None and any(a is not None for a in adapters):
+        if len(adapters) != len(prompts):
+            raise ValueError("one adapter (or None) per prompt")
+        unique: list[LoraAdapter] = []
+        for a in adapters:
+            if a is not None and all(a is not u for u in unique):
+                unique.append(a)
+        slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
+        with serving(bundle, unique) as ml:
+
+            def route(start: int, n: int) -> None:
+                ml.route(slot_of[start : start + n])
+
+            return _generate(
+                bundle, prompts, bundle.model, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, route,
+                allowed_tokens,
+            )
+    net = model if model is not None else bundle.model
+    return _generate(
+        bundle, prompts, net, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, None, allowed_tokens
+    )
+
+
+def _generate(
+    bundle: ModelBundle,
+    prompts: Sequence[str],
+    net: torch.nn.Module,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int | None,
+    batch_size: int,
+    stop: Sequence[str],
+    on_batch: Callable[[int], None] | None,
+    route: Callable[[int, int], None] | None,
+    allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None,
+) -> list[str]:
+    tok = bundle.tokenizer
+    if seed is not None:
+        torch.manual_seed(seed)
+    do_sample = temperature > 0
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    if do_sample:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if allowed_tokens is not None:
+        kwargs["prefix_allowed_tokens_fn"] = allowed_tokens
+    outs: list[str] = []
+    with bundle.lock:
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            if route is not None:
+                route(start, len(batch))
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(bundle.device)
+            gen = net.generate(**enc, **kwargs)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            outs.extend(_stop_truncate(t, stop) for t in texts)
+            if on_batch:
+                on_batch(len(batch))
+    return outs

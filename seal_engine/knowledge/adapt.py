@@ -1,0 +1,159 @@
+"""End-to-end knowledge incorporation: self-edits -> sequences -> LoRA -> grades -> reward."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seal_engine.knowledge.documents import Document, DocumentError, Question
+from seal_engine.core.grading import LLMJudge
+from seal_engine.training.batched import train_adapters_batched
+from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.core.lora import LoraAdapter, TrainedAdapter
+from seal_engine.core.model import ModelBundle
+from seal_engine.knowledge.prompts import get_strategy
+from seal_engine.knowledge.qa import QAResult
+from seal_engine.knowledge.retention import baseline_retention
+from seal_engine.knowledge.reward import Reward, compute_reward
+from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
+from seal_engine.config import EngineSettings, LoraSettings
+
+# progress(stage, done, total): stages are "self_edits", "training", "evaluation".
+Progress = Callable[[str, int, int], None]
+
+MAX_SELF_EDITS = 64
+
+
+@dataclass
+class AdaptationResult:
+    strategy: str
+    prompts: list[str]
+    self_edits: list[str]
+    sequences: list[str]
+    adapter: TrainedAdapter
+    baseline: QAResult | None = None
+    adapted: QAResult | None = None
+    reward: Reward | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict:
+        out: dict = {
+            "train_loss_first": self.adapter.losses[0] if self.adapter.losses else None,
+            "train_loss_last": self.adapter.losses[-1] if self.adapter.losses else None,
+            "train_tokens": self.adapter.num_tokens,
+            "num_sequences": len(self.sequences),
+            "timings": self.timings,
+        }
+        if self.baseline is not None:
+            out["baseline_accuracy"] = self.baseline.accuracy
+        if self.adapted is not None:
+            out["adapted_accuracy"] = self.adapted.accuracy
+            out["judge_error"] = self.adapted.judge_error
+        if self.reward is not None:
+            out["reward"] = self.reward.to_dict()
+        return out
+
+    def record(self) -> dict:
+        """JSON-serialisable record of everything but the adapter tensors."""
+        rec = {
+            "strategy": self.strategy,
+            "prompts": self.prompts,
+            "self_edits": self.self_edits,
+            "sequences": self.sequences,
+            "lora": self.adapter.config.to_dict(),
+            "seed": self.adapter.seed,
+            "losses": self.adapter.losses,
+            "metrics": self.metrics(),
+        }
+        if self.adapted is not None:
+            rec["adapted_predictions"] = self.adapted.predictions
+        if self.baseline is not None:
+            rec["baseline_predictions"] = self.baseline.predictions
+        return json.loads(json.dumps(rec, default=str))
+
+
+def adapt(
+    bundle: ModelBundle,
+    documents: Sequence[Document],
+    settings: EngineSettings,
+    *,
+    strategy: str = "implications",
+    template: str | None = None,
+    k: int = 1,
+    lora: LoraSettings | None = None,
+    questions: Sequence[Question] | None = None,
+    judge: LLMJudge | None = None,
+    evaluate_baseline: bool = True,
+    measure_retention: bool = True,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    policy: LoraAdapter | None = None,
+) -> AdaptationResult:
+    """Teach the model ``documents``: one adapter trained on all their self-edits.
+
+    Questions default to those attached to the documents; without any, nothing is
+    graded and no reward is computed. ``policy`` (a self-edit policy adapter) writes
+    the self-edits; the adapter itself is always trained on the base model.
+    """
+    if not documents:
+        raise DocumentError("no documents to adapt to")
+    if not 1 <= k <= MAX_SELF_EDITS:
+        raise ValueError(f"k (self-edits per document) must be between 1 and {MAX_SELF_EDITS}")
+    strat = get_strategy(strategy, template)
+    lora = lora or settings.lora
+    seed = lora.seed if seed is None else seed
+    report = progress or (lambda *_: None)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    report("self_edits", 0, 1)
+    sampled = sample_self_edits_many(bundle, [(d, strat) for d in documents], k, settings.sampling, seed=seed, policy=policy)
+    prompts = [p for p, _ in sampled if p]
+    edits = [e for _, doc_edits in sampled for e in doc_edits]
+    sequences: list[str] = []
+    for doc, (_, doc_edits) in zip(documents, sampled):
+        sequences.extend(s for s in training_sequences(doc, strat, doc_edits) if s not in sequences)
+    report("self_edits", 1, 1)
+    timings["self_edits_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    [adapter] = train_adapters_batched(
+        bundle, [sequences], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n)
+    )
+    timings["training_s"] = time.perf_counter() - t
+
+    qs = list(questions) if questions is not None else [q for d in documents for q in d.questions]
+    result = AdaptationResult(strat.name if strat else "passage", prompts, edits, sequences, adapter, timings=timings)
+    if qs:
+        t = time.perf_counter()
+        report("evaluation", 0, 1)
+        subjects = [None, adapter] if evaluate_baseline else [adapter]
+        scores = score_adapters(bundle, qs, subjects, settings, judge=judge, with_retention=measure_retention)
+        if evaluate_baseline:
+            result.baseline = scores[0].qa
+        result.adapted = scores[-1].qa
+        if measure_retention:
+            base_ret = scores[0].retention if evaluate_baseline else baseline_retention(bundle, settings)
+            result.reward = reward_for(result.adapted, scores[-1].retention, base_ret, settings)
+        report("evaluation", 1, 1)
+        timings["evaluation_s"] = time.perf_counter() - t
+    return result
+
+
+def reward_for(adapted: QAResult, retention: float | None, baseline_retention: float | None, settings: EngineSettings) -> Reward:
+    """The reward from an adapter's QA result, with the configured grader."""
+    grader = settings.reward_grader
+    if grader not in adapted.accuracy:
+        raise ValueError(f"reward grader {grader!r} has no score (judge error: {adapted.judge_error})")
+    return compute_reward(adapted.accuracy[grader], retention if retention is not None else 1.0,
+                          baseline_retention if baseline_retention is not None else 1.0, settings.retention_lambda)
+
+
+def save_result(result: AdaptationResult, out_dir: str | Path) -> Path:
+    """Adapter files in PEFT format plus ``seal_record.json`` beside them."""
+    out = result.adapter.save(out_dir)
+    (out / "seal_record.json").write_text(json.dumps(result.record(), indent=2))
+    return out

@@ -1,0 +1,237 @@
+"""Training K LoRA adapters together, each exactly as if trained alone.
+
+Adapter k sees its own data in its own seeded order, in batches of ``batch_size``,
+with its own AdamW state and step count; at each step the rows of every adapter that
+still has a batch are stacked into one pass. Per-adapter losses are token means over
+that adapter's rows only, so the gradient of adapter k equals the one it would get
+alone. Rows are sorted by length and cut into micro-batches under a token budget
+(gradients accumulate across them), so almost no compute goes to padding.
+
+Initialisation reuses PEFT's own (seeded) so that a candidate trained here and the
+same candidate trained by :func:`seal_engine.core.lora.train_lora` start identical.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from seal_engine.core.lora import AdapterError, TrainedAdapter, _wrap, collate, lora_config, padded_width, tokenize
+from seal_engine.core.model import ModelBundle
+from seal_engine.training.multilora import installed, module_paths
+from seal_engine.config import LoraSettings
+
+BETAS = (0.9, 0.999)
+EPS = 1e-8
+
+
+def peft_initial_state(bundle: ModelBundle, cfg: LoraSettings, seed: int) -> dict[str, torch.Tensor]:
+    """The LoRA weights PEFT would start from for this seed (A random, B zero)."""
+    config = lora_config(cfg, bundle.model_id)
+    from peft import get_peft_model_state_dict
+
+    with bundle.lock:
+        torch.manual_seed(seed)
+        model = _wrap(bundle, config)
+        try:
+            return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        finally:
+            model.unload()
+
+
+def default_token_budget(device: torch.device) -> int:
+    """Tokens per forward when the settings name none: on CPU throughput is flat past ~1k
+    tokens (bench/cpu_kernels.py), a GPU needs ~16k to fill its SMs."""
+    return 16384 if device.type == "cuda" else 1024
+
+
+class _SlotAdamW:
+    """AdamW (no weight decay) over stacked adapters, stepping only the active slots.
+
+    Slot k owns rows k*r:(k+1)*r of every ``lora_A`` (K*r x in) and columns k*r:(k+1)*r of
+    every ``lora_B`` (out x K*r). Every adapter trains from step 0 until its own data runs
+    out, so all active slots have taken the same number of steps and share one bias
+    correction; finished slots are frozen by a 0/1 mask. Updates are multi-tensor
+    (``torch._foreach_*``): a handful of kernels per step instead of ~10 per LoRA tensor,
+    which is what a GPU step of a small model is bound by. Same arithmetic as torch's AdamW.
+    """
+
+    def __init__(self, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor], slots: int, rank: int,
+                 lr: float) -> None:
+        self.params = list(lora_a) + list(lora_b)
+        self.n_a = len(lora_a)
+        self.slots, self.rank, self.lr = slots, rank, lr
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self._masks: tuple[tuple[bool, ...], list[torch.Tensor]] | None = None
+
+    def _slot_masks(self, active: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per-parameter 0/1 masks of the active slots (None: all active); they change only
+        when an adapter finishes, so they are built then and reused."""
+        key = tuple(bool(a) for a in active)
+        if all(key):
+            return None
+        if self._masks is None or self._masks[0] != key:
+            col = active.float().repeat_interleave(self.rank)
+            masks = []
+            for i, p in enumerate(self.params):
+                c = col.to(p.device, p.dtype)
+                masks.append((c.view(-1, 1) if i < self.n_a else c.view(1, -1)).expand_as(p).contiguous())
+            self._masks = (key, masks)
+        return self._masks[1]
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        b1, b2 = BETAS
+        self.t += 1
+        masks = self._slot_masks(active)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        # m += (1 - b1) * mask * (g - m);  v += (1 - b2) * mask * (g^2 - v)
+        d = torch._foreach_sub(grads, self.m)
+        if masks:
+            torch._foreach_mul_(d, masks)
+        torch._foreach_add_(self.m, d, alpha=1 - b1)
+        d = torch._foreach_mul(grads, grads)
+        torch._foreach_sub_(d, self.v)
+        if masks:
+            torch._foreach_mul_(d, masks)
+        torch._foreach_add_(self.v, d, alpha=1 - b2)
+        # p -= lr / bc1 * mask * m / (sqrt(v) / sqrt(bc2) + eps)
+        denom = torch._foreach_sqrt(self.v)
+        torch._foreach_div_(denom, (1 - b2**self.t) ** 0.5)
+        torch._foreach_add_(denom, EPS)
+        upd = torch._foreach_div(self.m, denom)
+        if masks:
+            torch._foreach_mul_(upd, masks)
+        torch._foreach_add_(self.params, upd, alpha=-self.lr / (1 - b1**self.t))
+        for p in self.params:
+            p.grad = None
+
+
+def train_adapters_batched(
+    bundle: ModelBundle,
+    training_sets: Sequence[Sequence[str]],
+    cfg: LoraSettings,
+    *,
+    seeds: Sequence[int] | None = None,
+    token_budget: int | None = None,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> list[TrainedAdapter]:
+    """One adapter per training set, all trained in shared forward/backward passes.
+
+    ``token_budget`` overrides ``cfg.token_budget`` (see :class:`LoraSettings`).
+    """
+    K = len(training_sets)
+    if K == 0:
+        return []
+    token_budget = token_budget or cfg.token_budget or default_token_budget(bundle.device)
+    seeds = list(seeds) if seeds is not None else [cfg.seed] * K
+    if len(seeds) != K:
+        raise ValueError("one seed per training set")
+    data = [tokenize(bundle, seqs, cfg.max_seq_length) for seqs in training_sets]
+    for i, d in enumerate(data):
+        if not d:
+            raise AdapterError(f"training set {i}: nothing to train on (every sequence is empty)")
+    config = lora_config(cfg, bundle.model_id)
+    # One PEFT wrap per distinct seed (candidates usually share the seed).
+    init_by_seed = {s: peft_initial_state(bundle, cfg, s) for s in dict.fromkeys(seeds)}
+    inits = [init_by_seed[s] for s in seeds]
+    rngs = [random.Random(s) for s in seeds]
+    bs = cfg.batch_size
+    # Every adapter's batch schedule for all epochs, fixed up front (same as train_lora).
+    schedules: list[list[list[int]]] = []
+    for d, rng in zip(data, rngs):
+        batches = []
+        for _ in range(cfg.epochs):
+            idx = list(range(len(d)))
+            rng.shuffle(idx)
+            batches.extend(idx[b : b + bs] for b in range(0, len(idx), bs))
+        schedules.append(batches)
+    total_steps = max(len(s) for s in schedules)
+    losses: list[list[float]] = [[] for _ in range(K)]
+    tokens = [0] * K
+    pad = bundle.tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    paths = module_paths(TrainedAdapter(config=config, state=inits[0]))
+    with installed(bundle, paths, K, cfg.rank, cfg.dropout) as ml:
+        for k, init in enumerate(inits):
+            ml.load(k, TrainedAdapter(config=config, state=init))
+        params = list(ml.parameters())
+        for p in params:
+            p.requires_grad_(True)
+        mods = list(ml.modules.values())
+        opt = _SlotAdamW([m.lora_A for m in mods], [m.lora_B for m in mods], K, cfg.rank, cfg.learning_rate)
+        model = bundle.model
+        was_training = model.training
+        model.train()
+        try:
+            for step in range(total_steps):
+                rows: list[tuple[int, list[int]]] = []
+                active = torch.zeros(K, dtype=torch.bool)
+                for k, sched in enumerate(schedules):
+                    if step < len(sched):
+                        active[k] = True
+                        rows.extend((k, data[k][i]) for i in sched[step])
+                # Loss normaliser per adapter: its predicted tokens this step.
+                ntok = torch.zeros(K)
+                for k, ids in rows:
+                    ntok[k] += len(ids) - 1
+                step_loss = torch.zeros(K)
+                rows.sort(key=lambda r: len(r[1]))
+                for mb in _micro_batches(rows, token_budget):
+                    batch = collate([ids for _, ids in mb], pad)
+                    input_ids, attn = batch["input_ids"], batch["attention_mask"]
+                    slot = torch.tensor([k for k, _ in mb])
+                    ml.route(slot)
+                    logits = model(input_ids=input_ids.to(bundle.device), attention_mask=attn.to(bundle.device)).logits
+                    labels = input_ids.masked_fill(attn == 0, -100)[:, 1:].to(bundle.device)
+                    tok_loss = F.cross_entropy(
+                        logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                        ignore_index=-100, reduction="none",
+                    ).view(len(mb), -1)
+                    row_loss = tok_loss.sum(dim=1).cpu()
+                    weights = 1.0 / ntok[slot]
+                    (tok_loss.sum(dim=1) * weights.to(tok_loss.device)).sum().backward()
+                    step_loss.index_add_(0, slot, (row_loss * weights).detach())
+                    del logits, tok_loss
+                opt.step(active)
+                for k in range(K):
+                    if active[k]:
+                        losses[k].append(float(step_loss[k]))
+                        tokens[k] += int(ntok[k]) + sum(1 for kk, _ in rows if kk == k)
+                if on_step:
+                    on_step(step + 1, total_steps, float(step_loss[active].mean()))
+            states = [ml.export(k, config) for k in range(K)]
+        finally:
+            ml.route(None)
+            for p in params:
+                p.requires_grad_(False)
+            model.train(was_training)
+    seconds = time.perf_counter() - t0
+    return [
+        TrainedAdapter(
+            config=config, state=states[k], seed=seeds[k], losses=losses[k], num_sequences=len(data[k]),
+            num_tokens=tokens[k], seconds=seconds,
+        )
+        for k in range(K)
+    ]
+
+
+def _micro_batches(rows: list[tuple[int, list[int]]], budget: int) -> list[list[tuple[int, list[int]]]]:
+    """Consecutive (length-sorted) rows grouped so rows * max_len stays within ``budget``."""
+    out: list[list[tuple[int, list[int]]]] = []
+    cur: list[tuple[int, list[int]]] = []
+    for row in rows:
+        width = padded_width(max([len(row[1])] + [len(r[1]) for r in cur]))
+        if cur and width * (len(cur) + 1) > budget:
+            out.append(cur)
+            cur = []
+        cur.append(row)
+    if cur:
+        out.append(cur)
+    return out
