@@ -1,7 +1,9 @@
 """Error bodies in the OpenAI shape (``{"error": {message, type, param, code}}``) for every failure.
 
 Validation errors (422) also keep FastAPI's ``detail`` list, so the offending field is
-named both in ``error.param`` and in ``detail[].loc``.
+named both in ``error.param`` and in ``detail[].loc``. Any engine
+:class:`~seal_engine.errors.InputError` a route lets through is bad input as well: 422
+with its message (routes that can name the field catch it and answer with ``field_error``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from seal_engine.errors import InputError
 
 log = logging.getLogger("seal.api")
 
@@ -96,6 +100,10 @@ def install(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(InputError)
+    async def _input(_req: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse(error_body(422, str(exc), code="invalid_value"), status_code=422)
 
     @app.exception_handler(Exception)
     async def _unhandled(_req: Request, exc: Exception) -> JSONResponse:

@@ -13,13 +13,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.backends import make_backend
-from seal_service.db.migrate import upgrade_head
-from seal_service.db.session import session_factory
-from api.inference import InferenceService
+from api.backends import InferenceService, RuntimeLoras, make_backend
 from api.middleware import BodySizeLimit
 from api.routes import adaptations, admin, completions, documents, health, lora_adapters, models, tasks
-from api.routes.lora_adapters import RuntimeLoras
+from seal_service.db.migrate import upgrade_head
+from seal_service.db.session import session_factory
 from seal_service.settings import Settings, get_settings
 
 log = logging.getLogger("seal.api")

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 import time
 import warnings
@@ -72,5 +71,14 @@ def budget() -> None:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:] or ["decode", "shapes", "budget"]:
-        {"decode": decode, "shapes": shapes, "budget": budget}[name]()
+    import argparse
+
+    BENCHES = {"decode": decode, "shapes": shapes, "budget": budget}
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n", 1)[1])
+    ap.add_argument("bench", nargs="*", metavar="{decode,shapes,budget}", help="which to run (default: all)")
+    names = ap.parse_args().bench or list(BENCHES)
+    if unknown := [n for n in names if n not in BENCHES]:
+        ap.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
+    for name in names:
+        BENCHES[name]()

@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
-from seal_engine.fewshot.arc import load_tasks, shared_task_files  # noqa: E402
+from seal_engine.fewshot.datasets import load_task_dataset, shared_task_files  # noqa: E402
 from seal_engine.fewshot.prompts import FewShotTask, domain_of  # noqa: E402
 from seal_engine.fewshot.recipe_sampling import sample_recipes  # noqa: E402
 from seal_engine.rl.fewshot import evaluate_task  # noqa: E402
@@ -44,7 +44,7 @@ SHARED_ARC = Path(__file__).resolve().parents[2] / "shared" / "data" / "arc"
 def load(args: argparse.Namespace) -> list[FewShotTask]:
     tasks: list[FewShotTask] = []
     if args.domain in ("arc", "both"):
-        arc = load_tasks(*shared_task_files(args.arc_dir, args.arc_split))
+        arc = load_task_dataset("arc", *map(str, shared_task_files(args.arc_dir, args.arc_split)))
         tasks += arc[: args.tasks] if args.tasks else arc
     if args.domain in ("text", "both"):
         names = [n for n in args.text_names.split(",") if n] if args.text_names else []

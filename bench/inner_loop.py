@@ -46,7 +46,8 @@ from seal_engine.training.batched import default_token_budget, train_adapters_ba
 from seal_engine.knowledge.documents import Document, Question, load_documents  # noqa: E402
 from seal_engine.knowledge.evaluation import score_adapters  # noqa: E402
 from seal_engine.knowledge.benchmark import select_passages  # noqa: E402
-from seal_engine.core.lora import _wrap, applied_adapter, lora_config, train_lora  # noqa: E402
+from seal_engine.core.lora import peft_model, applied_adapter, lora_config  # noqa: E402
+from seal_engine.training.peft import train_lora  # noqa: E402
 from seal_engine.core.model import get_model  # noqa: E402
 from seal_engine.core.generation import generate  # noqa: E402
 from seal_engine.knowledge.prompts import answer_prompt, get_strategy  # noqa: E402
@@ -95,7 +96,7 @@ def reference_eval(bundle, seqs, questions, settings, seed: int) -> float:
     cfg = settings.lora
     with bundle.lock:
         torch.manual_seed(seed)
-        model = _wrap(bundle, lora_config(cfg, bundle.model_id))
+        model = peft_model(bundle, lora_config(cfg, bundle.model_id))
         try:
             args = TrainingArguments(
                 output_dir="/tmp/seal-bench-ref", per_device_train_batch_size=1, num_train_epochs=cfg.epochs,

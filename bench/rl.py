@@ -22,7 +22,7 @@ from pathlib import Path
 
 from seal_engine.knowledge.documents import load_documents
 from seal_engine.core.model import get_model
-from seal_engine.rl.loop import RLConfig
+from seal_engine.rl.config import RLConfig
 from seal_engine.rl.local import compare_policies, dev_passages, run_rl
 from seal_engine.config import EngineSettings, LoraSettings, SamplingSettings, SFTSettings
 

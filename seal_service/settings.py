@@ -51,8 +51,7 @@ class Settings(EngineSettings):
     # Completions: largest max_tokens and n a request may ask for.
     max_completion_tokens: int = Field(512, ge=1)
     max_choices: int = Field(8, ge=1, le=128)
-    # Completion requests arriving within this window are decoded as one batch.
-    batch_window_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    # Most rows (choices) decoded together; further requests wait for a row to finish.
     max_batch_size: int = Field(32, ge=1, le=1024)
     # How often the job events stream (SSE) looks at the job.
     events_poll_s: float = Field(0.5, gt=0.0, le=60.0)

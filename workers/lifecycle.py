@@ -14,11 +14,10 @@ from sqlalchemy import delete, or_, select, update
 from seal_service.db.base import utcnow
 from seal_service.db.models import QUEUED, RUNNING, AdaptationJob, WorkerHeartbeat
 from seal_service.db.session import session_scope
-from seal_service.settings import Settings
-
-from workers.rl import leases as rl_leases
 from seal_service.queue import dispatch_adaptation, dispatch_rl
-from workers.adaptation.run import holder_is_dead
+from seal_service.settings import Settings
+from workers.identity import holder_is_dead
+from workers.rl import leases as rl_leases
 
 log = logging.getLogger("seal.worker")
 

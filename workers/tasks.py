@@ -11,11 +11,12 @@ from celery.signals import worker_ready, worker_shutdown
 import seal_engine.knowledge.adapt  # noqa: F401
 import seal_engine.core.model  # noqa: F401
 
-from workers.rl import jobs as rl_jobs
 from seal_service.queue import ADAPT_TASK, RL_EVALUATE_TASK, RL_STEP_TASK, dispatch_rl
+from workers.adaptation.run import run_adaptation
 from workers.app import app
-from workers.adaptation.run import run_adaptation, worker_identity
+from workers.identity import worker_identity
 from workers.lifecycle import Housekeeper, preload_model
+from workers.rl import jobs as rl_jobs
 
 log = logging.getLogger("seal.worker")
 

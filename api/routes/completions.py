@@ -15,14 +15,23 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from api.backends import GenerationBackend, ModelTarget
+from api.backends.runtime_loras import RuntimeLoras, lora_target
 from api.deps import Principal, PrincipalDep, SettingsDep
-from api.errors import APIError, field_error
+from api.errors import field_error
 from api.schemas import ChatCompletionIn, CompletionIn, _SamplingParams
+from api.services import models
 from seal_service.settings import Settings
-from api.routes.lora_adapters import runtime_target
-from api.routes.models import find_adapter
 
 router = APIRouter(tags=["completions"])
+
+
+def runtime_target(request: Request, who: Principal, model: str) -> ModelTarget | None:
+    """The runtime LoRA ``model`` names, for admin keys of the tenant that loaded it."""
+    if not who.is_admin:
+        return None
+    loras: RuntimeLoras = request.app.state.runtime_loras
+    lora = loras.get(who.tenant_id, model)
+    return lora_target(who.tenant_id, lora) if lora is not None else None
 
 
 async def resolve_model(request: Request, who: Principal, model: str) -> ModelTarget:
@@ -37,15 +46,8 @@ async def resolve_model(request: Request, who: Principal, model: str) -> ModelTa
 
     def lookup() -> str:
         with factory() as db:
-            try:
-                row = find_adapter(db, who, model, param="model")
-            except APIError:
-                raise APIError(404, f"The model {model!r} does not exist or you do not have access to it.",
-                               code="model_not_found", param="model") from None
-            if row.base_model != settings.model_id:
-                raise APIError(404, f"adapter {model!r} was trained for {row.base_model!r}, "
-                                    f"which this server does not serve", code="model_not_found", param="model")
-            return row.storage_path
+            return models.served_adapter_path(db=db, tenant_id=who.tenant_id, model_id=model,
+                                              base_model=settings.model_id)
 
     path = await asyncio.to_thread(lookup)
     return ModelTarget(model, adapter=model, path=Path(path))

@@ -1,44 +1,43 @@
-"""Adaptation jobs on the API side: validate and store a request, dispatch it, report on it."""
+"""Adaptation jobs on the API side: validate and store a request, dispatch it, report on it,
+follow and cancel it. Task jobs (:mod:`api.services.tasks`) are adaptation jobs too."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import json
 import logging
-import re
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from seal_engine.knowledge.prompts import CUSTOM, STRATEGY_NAMES, UnknownStrategyError, get_strategy
-
+from api.errors import APIError, field_error, not_found
+from api.schemas import AdaptationCreate, AdaptationOut, DocumentIn, Progress, SelfEditOut, valid_id
+from api.services.documents import store_document
+from api.services.policies import promoted_policy
+from seal_engine.errors import InputError
+from seal_engine.knowledge.prompts import CUSTOM, STRATEGY_NAMES, get_strategy
 from seal_service.db.base import new_id, utcnow
 from seal_service.db.models import (
     CANCELLED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    TERMINAL,
     AdaptationJob,
     Document,
     JobDocument,
     PolicyCheckpoint,
 )
-from api.deps import Principal
-from api.errors import APIError, field_error, not_found
-from api.schemas import AdaptationCreate, AdaptationOut, DocumentIn, Progress, SelfEditOut
 from seal_service.settings import Settings
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 log = logging.getLogger("seal.api.jobs")
 
 DEFAULT_STRATEGY = "implications"
-
-
-_ID = re.compile(r"[\w.:-]{1,64}")
-
-
-def valid_id(value: str) -> bool:
-    """Ids are short and plain; anything else cannot exist (and must not reach the database)."""
-    return bool(_ID.fullmatch(value))
 
 
 def adapter_id_for(job_id: str) -> str:
@@ -46,42 +45,7 @@ def adapter_id_for(job_id: str) -> str:
     return "adp_" + job_id.split("_", 1)[1]
 
 
-def store_document(db: Session, tenant: str, doc: DocumentIn) -> Document:
-    row = Document(
-        id=new_id("doc"), tenant_id=tenant, title=doc.title.strip(), text=doc.text.strip(),
-        sha256=hashlib.sha256(doc.text.strip().encode()).hexdigest(),
-    )
-    db.add(row)
-    return row
-
-
-RECIPE_PREFIX = "recipe-"
-
-
-def policy_family(strategy: str) -> str:
-    """Policies write either document self-edits ("knowledge") or task recipes ("recipe-text",
-    "recipe-arc"); one checkpoint per base model and family can be promoted."""
-    return strategy if strategy.startswith(RECIPE_PREFIX) else "knowledge"
-
-
-def same_family(strategy: str):  # noqa: ANN201
-    """SQL condition: a checkpoint of ``strategy``'s family."""
-    family = policy_family(strategy)
-    if family == "knowledge":
-        return PolicyCheckpoint.strategy.not_like(f"{RECIPE_PREFIX}%")
-    return PolicyCheckpoint.strategy == family
-
-
-def promoted_policy(db: Session, base_model: str, family: str = "knowledge") -> PolicyCheckpoint | None:
-    return db.scalar(
-        select(PolicyCheckpoint)
-        .where(PolicyCheckpoint.base_model == base_model, PolicyCheckpoint.promoted.is_(True), same_family(family))
-        .order_by(PolicyCheckpoint.promoted_at.desc())
-        .limit(1)
-    )
-
-
-def create_job(db: Session, settings: Settings, who: Principal, body: AdaptationCreate) -> AdaptationJob:
+def create_job(*, db: Session, settings: Settings, tenant_id: str, body: AdaptationCreate) -> AdaptationJob:
     """Validate against the server's limits, store documents and the job (status queued). Caller commits."""
     base_model = settings.model_id
     if body.base_model is not None and body.base_model != base_model:
@@ -98,11 +62,11 @@ def create_job(db: Session, settings: Settings, who: Principal, body: Adaptation
     if strategy is None and body.template is not None:
         strategy = CUSTOM
     if strategy is None:
-        policy = promoted_policy(db, base_model)
+        policy = promoted_policy(db=db, base_model=base_model)
         strategy = policy.strategy if policy is not None else DEFAULT_STRATEGY
     try:
         get_strategy(strategy, body.template if strategy == CUSTOM else None)
-    except UnknownStrategyError as e:
+    except InputError as e:
         loc = "template" if strategy == CUSTOM else "strategy"
         raise field_error((loc,), str(e) if loc == "template" else
                           f"unknown strategy {strategy!r}; choose one of {', '.join([*STRATEGY_NAMES, CUSTOM])}") from None
@@ -114,18 +78,18 @@ def create_job(db: Session, settings: Settings, who: Principal, body: Adaptation
     for i, item in enumerate(body.documents):
         if item.id is not None:
             row = db.get(Document, item.id) if valid_id(item.id) else None
-            if row is None or row.tenant_id != who.tenant_id:
+            if row is None or row.tenant_id != tenant_id:
                 raise field_error(("documents", i, "id"), f"unknown document id {item.id!r}")
         else:
             assert item.text is not None
             if len(item.text) > settings.max_document_chars:
                 raise field_error(("documents", i, "text"), f"longer than {settings.max_document_chars} characters")
-            row = store_document(db, who.tenant_id, DocumentIn(title=item.title, text=item.text))
+            row = store_document(db=db, tenant_id=tenant_id, doc=DocumentIn(title=item.title, text=item.text))
         docs.append(row)
 
     job_id = new_id("job")
     job = AdaptationJob(
-        id=job_id, tenant_id=who.tenant_id, name=body.name, status=QUEUED, stage="queued", progress=0.0,
+        id=job_id, tenant_id=tenant_id, name=body.name, status=QUEUED, stage="queued", progress=0.0,
         base_model=base_model, strategy=strategy, template=body.template if strategy == CUSTOM else None,
         policy_id=policy.id if policy else None, num_self_edits=body.num_self_edits, lora=lora.model_dump(),
         eval_questions=[q.model_dump() for q in body.eval_questions] if body.eval_questions else None,
@@ -141,11 +105,22 @@ def create_job(db: Session, settings: Settings, who: Principal, body: Adaptation
     return job
 
 
-def get_job(db: Session, who: Principal, job_id: str) -> AdaptationJob:
+def get_job(*, db: Session, tenant_id: str, job_id: str) -> AdaptationJob:
+    """The tenant's job, else 404 (another tenant's id is just as unknown)."""
     job = db.get(AdaptationJob, job_id) if valid_id(job_id) else None
-    if job is None or job.tenant_id != who.tenant_id:
+    if job is None or job.tenant_id != tenant_id:
         raise not_found("adaptation", job_id)
     return job
+
+
+def list_jobs(*, db: Session, tenant_id: str | None, limit: int, status: str | None = None) -> list[AdaptationJob]:
+    """Jobs, newest first: of one tenant, or (``tenant_id=None``, admin) of every tenant."""
+    q = select(AdaptationJob)
+    if tenant_id is not None:
+        q = q.where(AdaptationJob.tenant_id == tenant_id)
+    if status:
+        q = q.where(AdaptationJob.status == status)
+    return list(db.scalars(q.order_by(AdaptationJob.created_at.desc()).limit(limit)))
 
 
 def job_out(job: AdaptationJob) -> AdaptationOut:
@@ -176,7 +151,7 @@ def event_snapshot(job: AdaptationJob) -> dict:
     }
 
 
-def cancel_job(db: Session, job: AdaptationJob) -> bool:
+def _mark_cancelled(db: Session, job: AdaptationJob) -> bool:
     """queued/running -> cancelled (one conditional UPDATE, so a finishing worker cannot race it)."""
     now = utcnow()
     res = db.execute(
@@ -191,7 +166,16 @@ def cancel_job(db: Session, job: AdaptationJob) -> bool:
     return res.rowcount == 1
 
 
-def mark_dispatched(db: Session, job_id: str, task_id: str) -> None:
+def cancel_job(*, db: Session, job: AdaptationJob) -> AdaptationJob:
+    """Cancel a queued or running job; 409 once it has finished (or finishes first)."""
+    if job.status in TERMINAL:
+        raise APIError(409, f"job {job.id} is already {job.status}", code="job_finished")
+    if not _mark_cancelled(db, job):
+        raise APIError(409, f"job {job.id} is already {job.status}", code="job_finished")
+    return job
+
+
+def _record_task_id(db: Session, job_id: str, task_id: str) -> None:
     db.execute(
         update(AdaptationJob).where(AdaptationJob.id == job_id)
         .values(task_id=task_id).execution_options(synchronize_session=False)
@@ -199,23 +183,44 @@ def mark_dispatched(db: Session, job_id: str, task_id: str) -> None:
     db.commit()
 
 
-def adapter_files(path: str | Path) -> list[str]:
-    p = Path(path)
-    if not p.is_dir():
-        return []
-    return sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-
-
-def queue_job(request, db: Session, settings: Settings, job: AdaptationJob) -> None:  # noqa: ANN001
+def queue_job(*, db: Session, settings: Settings, celery: Celery, job: AdaptationJob) -> None:
     """Send a stored job's task; a broker that cannot take it fails the job and answers 503."""
     from seal_service.queue import dispatch_adaptation
 
     try:
-        task_id = dispatch_adaptation(request.app.state.celery, settings, job.id)
+        task_id = dispatch_adaptation(celery, settings, job.id)
     except Exception as e:
         log.exception("could not queue job %s", job.id)
         job.status, job.stage, job.error, job.finished_at = "failed", "failed", f"could not queue the job: {e}", utcnow()
         db.commit()
         raise APIError(503, "the job queue is unavailable; try again later", code="queue_unavailable") from None
-    mark_dispatched(db, job.id, task_id)
+    _record_task_id(db, job.id, task_id)
     db.refresh(job)
+
+
+async def job_events(*, sessionmaker: Callable[[], Session], job_id: str, poll_s: float,
+                     is_disconnected: Callable[[], Awaitable[bool]]) -> AsyncIterator[dict]:
+    """The events stream of a job: ``progress`` on every change, then ``done`` (or ``error``
+    if the job disappears); stops when the client has gone."""
+
+    def snapshot() -> dict | None:
+        with sessionmaker() as s:
+            job = s.get(AdaptationJob, job_id)
+            return event_snapshot(job) if job is not None else None
+
+    last = None
+    while True:
+        if await is_disconnected():
+            return
+        snap = await asyncio.to_thread(snapshot)
+        if snap is None:
+            yield {"event": "error", "data": json.dumps({"error": "job deleted"})}
+            return
+        if snap != last:
+            last = snap
+            terminal = snap["status"] in TERMINAL
+            yield {"event": "progress", "data": json.dumps(snap)}
+            if terminal:
+                yield {"event": "done", "data": json.dumps(snap)}
+                return
+        await asyncio.sleep(poll_s)

@@ -1,6 +1,6 @@
 """``seal serve``, ``seal worker`` and ``seal keys create``: the service side of the CLI.
 
-``register(app)`` adds them to the main ``seal`` Typer app.
+Keys and the database go through ``seal_service``; only ``seal serve`` imports ``api`` (for the app).
 """
 
 from __future__ import annotations
@@ -11,19 +11,16 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
+
+from seal_cli.errors import fail, one_line
+from seal_engine.errors import SealError
 
 keys_app = typer.Typer(help="API keys (stored hashed; each belongs to a tenant).", no_args_is_help=True)
 
 log = logging.getLogger("seal.serve")
-
-
-def _fail(message: str) -> NoReturn:
-    from seal_cli.main import fail
-
-    fail(message)
 
 
 def _settings(host: str | None = None, port: int | None = None):  # noqa: ANN202
@@ -34,9 +31,7 @@ def _settings(host: str | None = None, port: int | None = None):  # noqa: ANN202
     try:
         settings = Settings()
     except ValidationError as e:
-        from seal_cli.main import _one_line
-
-        _fail(_one_line(e))
+        fail(one_line(e))
     update = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
     return Settings.model_validate({**settings.model_dump(), **update}) if update else settings
 
@@ -54,7 +49,7 @@ def _migrate(settings) -> None:  # noqa: ANN001
             shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
         except Exception:  # noqa: BLE001
             shown = "(unparsable URL)"
-        _fail(f"cannot prepare the database {shown}: {' '.join(str(e).split())[:300]}")
+        fail(f"cannot prepare the database {shown}: {' '.join(str(e).split())[:300]}")
 
 
 def worker_argv(settings, loglevel: str = "info", hostname: str | None = None) -> list[str]:  # noqa: ANN001
@@ -188,21 +183,15 @@ def keys_create(
 ) -> None:
     """Create an API key and print it (it is shown only this once)."""
     from seal_service.db.session import session_scope
-    from seal_service.keys import TenantNameError, create_key
+    from seal_service.keys import create_key
 
     settings = _settings()
     _migrate(settings)
     try:
         with session_scope(settings.resolved_database_url) as db:
             key = create_key(db, tenant, admin=admin, name=name)
-    except TenantNameError as e:
-        _fail(str(e))
+    except SealError as e:  # a bad tenant name
+        fail(one_line(e))
     typer.echo(f"created {'admin ' if admin else ''}key {key.id} for tenant {tenant!r}; it is shown only once:", err=True)
     typer.echo(key.key)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
-    app.command("worker")(worker)
-    app.add_typer(keys_app, name="keys")
 

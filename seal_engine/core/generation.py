@@ -8,16 +8,8 @@ import torch
 
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-from seal_engine.training.multilora import serving
-
-
-def _stop_truncate(text: str, stop: Sequence[str]) -> str:
-    cut = len(text)
-    for s in stop:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
+from seal_engine.core.stops import truncate_at_stop
+from seal_engine.serving.lora_slots import serving
 
 
 @torch.inference_mode()
@@ -102,7 +94,7 @@ def _generate(
             gen = net.generate(**enc, **kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]
             texts = tok.batch_decode(new, skip_special_tokens=True)
-            outs.extend(_stop_truncate(t, stop) for t in texts)
+            outs.extend(truncate_at_stop(t, stop)[0] for t in texts)
             if on_batch:
                 on_batch(len(batch))
     return outs

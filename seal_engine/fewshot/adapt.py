@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from seal_engine.errors import InputError
 from seal_engine.fewshot.arc import ArcTask
 from seal_engine.fewshot.execute import RecipeRun, execute_recipe, uses_paraphrases
 from seal_engine.fewshot.inference import run_jobs
@@ -100,7 +101,7 @@ def adapt_task(
     """An adapter for ``task``: from the given ``recipe``, or from k recipes written by
     ``policy`` (None: the base model)."""
     if not 1 <= k <= MAX_RECIPES:
-        raise ValueError(f"k (recipes per task) must be between 1 and {MAX_RECIPES}")
+        raise InputError(f"k (recipes per task) must be between 1 and {MAX_RECIPES}")
     report = progress or (lambda *_: None)
     domain = domain_of(task)
     timings: dict[str, float] = {}

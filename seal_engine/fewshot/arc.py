@@ -6,10 +6,8 @@ solutions file: ``{task_id: [output grid per test input]}``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from seal_engine.errors import InputError
 from seal_engine.fewshot.augment import ColorMap, Transform
@@ -66,21 +64,6 @@ def task_from_dict(name: str, data: dict, solutions: Sequence | None = None) -> 
     if not test_inputs:
         raise TaskError(f"task {name}: no test inputs")
     return ArcTask(name, train, test_inputs, outs)
-
-
-def load_tasks(challenges: str | Path, solutions: str | Path | None = None) -> list[ArcTask]:
-    """All tasks of a Kaggle challenges file, in file order, with solutions if given."""
-    data = json.loads(Path(challenges).read_text())
-    sols = json.loads(Path(solutions).read_text()) if solutions else {}
-    return [task_from_dict(name, d, sols.get(name)) for name, d in data.items()]
-
-
-def shared_task_files(data_dir: str | Path, split: str) -> tuple[Path, Path]:
-    """(challenges, solutions) of the filtered_1B ``split`` ('training' or 'evaluation')."""
-    tag = {"training": "training_set", "evaluation": "eval_set"}[split]
-    d = Path(data_dir)
-    return (d / f"arc-agi_{split}_challenges_filtered_1B_{tag}.json",
-            d / f"arc-agi_{split}_solutions_filtered_1B_{tag}.json")
 
 
 # The text the solver sees: demonstrations then the query input, "in"/"out" headers,

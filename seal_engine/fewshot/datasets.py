@@ -75,6 +75,14 @@ def load_task_dataset(kind: str, source: str, solutions: str | None = None) -> l
     return arc_tasks_from_dict(data, sols)
 
 
+def shared_task_files(data_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """(challenges, solutions) of the filtered_1B ``split`` ('training' or 'evaluation')."""
+    tag = {"training": "training_set", "evaluation": "eval_set"}[split]
+    d = Path(data_dir)
+    return (d / f"arc-agi_{split}_challenges_filtered_1B_{tag}.json",
+            d / f"arc-agi_{split}_solutions_filtered_1B_{tag}.json")
+
+
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise TaskError(f"no such file: {path}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from seal_engine.core.lora import TrainedAdapter, lora_config, run_peft_training
+from seal_engine.core.lora import TrainedAdapter, lora_config
+
+from seal_engine.training.peft import run_peft_training
 from seal_engine.core.model import ModelBundle
 from seal_engine.training.sft import IGNORE, build_example, collate_sft
 

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from seal_engine.errors import InputError
 from seal_engine.knowledge.documents import Document, DocumentError, Question
 from seal_engine.core.grading import LLMJudge
 from seal_engine.training.batched import train_adapters_batched
@@ -101,7 +102,7 @@ def adapt(
     if not documents:
         raise DocumentError("no documents to adapt to")
     if not 1 <= k <= MAX_SELF_EDITS:
-        raise ValueError(f"k (self-edits per document) must be between 1 and {MAX_SELF_EDITS}")
+        raise InputError(f"k (self-edits per document) must be between 1 and {MAX_SELF_EDITS}")
     strat = get_strategy(strategy, template)
     lora = lora or settings.lora
     seed = lora.seed if seed is None else seed
@@ -147,7 +148,7 @@ def reward_for(adapted: QAResult, retention: float | None, baseline_retention: f
     """The reward from an adapter's QA result, with the configured grader."""
     grader = settings.reward_grader
     if grader not in adapted.accuracy:
-        raise ValueError(f"reward grader {grader!r} has no score (judge error: {adapted.judge_error})")
+        raise InputError(f"reward grader {grader!r} has no score (judge error: {adapted.judge_error})")
     return compute_reward(adapted.accuracy[grader], retention if retention is not None else 1.0,
                           baseline_retention if baseline_retention is not None else 1.0, settings.retention_lambda)
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from seal_engine.errors import InputError
 from seal_engine.knowledge.adapt import reward_for
 from seal_engine.training.batched import train_adapters_batched
 from seal_engine.knowledge.documents import Document
@@ -60,12 +61,12 @@ def run_knowledge_eval(
     if resume and json_out is not None and json_out.exists():
         previous = json.loads(json_out.read_text())
         if previous.get("config") != json.loads(json.dumps(config)):
-            raise ValueError(f"{json_out} was written with a different configuration; not resuming")
+            raise InputError(f"{json_out} was written with a different configuration; not resuming")
         rows.extend(previous.get("passages", []))
     for i, doc in enumerate(passages):
         if i < len(rows):
             if rows[i]["title"] != doc.title:
-                raise ValueError(f"{json_out}: passage {i} differs from this run's; not resuming")
+                raise InputError(f"{json_out}: passage {i} differs from this run's; not resuming")
             if on_passage:
                 on_passage(i, rows[i])
             continue

@@ -19,11 +19,12 @@ from dataclasses import replace
 
 from peft import set_peft_model_state_dict
 
+from seal_engine.errors import InputError
 from seal_engine.training.batched import train_adapters_batched
 from seal_engine.knowledge.documents import Document
 from seal_engine.knowledge.evaluation import score_adapters
 from seal_engine.core.grading import OFFLINE_GRADERS
-from seal_engine.core.lora import AdapterError, LoraAdapter, _wrap
+from seal_engine.core.lora import AdapterError, LoraAdapter, peft_model
 from seal_engine.core.model import ModelBundle
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
@@ -40,7 +41,7 @@ def clone_bundle(bundle: ModelBundle) -> ModelBundle:
 def merge_adapter(bundle: ModelBundle, adapter: LoraAdapter) -> None:
     """Fold ``adapter`` into ``bundle``'s weights in place (W += scale * B @ A)."""
     with bundle.lock:
-        model = _wrap(bundle, adapter.config)
+        model = peft_model(bundle, adapter.config)
         result = set_peft_model_state_dict(model, adapter.state)
         if result.unexpected_keys:
             model.unload()
@@ -80,11 +81,11 @@ def run_continual(
     """Adapt to ``documents`` in order; returns the accuracy matrix and per-step records."""
     docs = [d for d in documents if d.questions]
     if not docs:
-        raise ValueError("continual mode needs documents with questions")
+        raise InputError("continual mode needs documents with questions")
     strat = get_strategy(strategy)
     grader = grader or settings.reward_grader
     if grader not in OFFLINE_GRADERS:
-        raise ValueError(f"continual mode grades offline; grader must be one of {', '.join(OFFLINE_GRADERS)}")
+        raise InputError(f"continual mode grades offline; grader must be one of {', '.join(OFFLINE_GRADERS)}")
     seed = settings.lora.seed if seed is None else seed
     work = clone_bundle(bundle)
 

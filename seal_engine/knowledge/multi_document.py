@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from seal_engine.errors import InputError
 from seal_engine.knowledge.adapt import reward_for
 from seal_engine.training.batched import train_adapters_batched
 from seal_engine.knowledge.documents import Document
@@ -56,7 +57,7 @@ def run_multi_document_eval(
     strats = [get_strategy(s) for s in strategies]
     docs = [d for d in documents if d.questions]
     if not docs:
-        raise ValueError("multi-document mode needs documents with questions")
+        raise InputError("multi-document mode needs documents with questions")
     seed = settings.lora.seed if seed is None else seed
     report = progress or (lambda *_: None)
     t0 = time.perf_counter()

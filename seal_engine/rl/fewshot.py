@@ -1,4 +1,4 @@
-"""Few-shot recipes in the shape of the knowledge RL loop (:mod:`seal_engine.rl.loop`).
+"""Few-shot recipes in the shape of the knowledge RL loop (:mod:`seal_engine.rl.loop` dispatches here for ``text`` and ``arc`` runs).
 
 - :func:`sample_task_recipes` ~ ``rl.sample_iteration``: (prompt, N recipe texts) per task.
 - :func:`evaluate_task_recipes` ~ ``rl.evaluate_passage_samples``: one task's N recipes
@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-from seal_engine.rl.loop import PassageResult, SampleResult
+from seal_engine.rl.results import PassageResult, RecipeSampleResult
 
 from seal_engine.fewshot.execute import RecipeRun, execute_recipe, uses_paraphrases
 from seal_engine.fewshot.inference import ArcOutcome, Outcome, run_jobs
@@ -26,25 +26,6 @@ from seal_engine.fewshot.prompts import RESPONSE_PREFIX, FewShotTask, domain_of
 from seal_engine.fewshot.recipe_sampling import RecipeDraw, parse_draw, sample_recipes
 from seal_engine.fewshot.recipes import Recipe, RecipeError, default_recipe, find_json_object
 from seal_engine.config import FewShotSettings
-
-
-@dataclass
-class RecipeSampleResult(SampleResult):
-    """A SampleResult with what only recipes have (``PassageResult.from_dict`` needs
-    :func:`task_result_from_dict` to read these back)."""
-
-    error: str | None = None  # why the recipe was not executed (invalid, over budget)
-    recipe: dict | None = None
-    steps: int = 0
-    examples: int = 0
-    train_seconds: float = 0.0
-
-
-def task_result_from_dict(d: dict) -> PassageResult:
-    d = dict(d)
-    known = {f.name for f in fields(RecipeSampleResult)}
-    d["samples"] = [RecipeSampleResult(**{k: v for k, v in s.items() if k in known}) for s in d.get("samples", [])]
-    return PassageResult(**d)
 
 
 def recipe_seed(seed: int, task_index: int, sample: int) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from transformers import TextIteratorStreamer
 from seal_engine.serving.batcher import ContinuousBatcher
 from seal_engine.serving.decoder import DecodeRequest, Decoder, TokenSink
 from seal_engine.core.lora import LoraAdapter, load_adapter
+from seal_engine.core.stops import truncate_at_stop, until_stop
 from seal_engine.core.model import ModelBundle
 
 
@@ -58,12 +59,7 @@ def count_tokens(bundle: ModelBundle, text: str) -> int:
 
 
 def _finish(bundle: ModelBundle, raw: str, req: CompletionRequest) -> Completion:
-    text = raw
-    stopped = False
-    for s in req.stop:
-        i = text.find(s)
-        if i != -1:
-            text, stopped = text[:i], True
+    text, stopped = truncate_at_stop(raw, req.stop)
     n_tokens = count_tokens(bundle, raw)
     reason = "stop" if stopped or n_tokens < req.max_tokens else "length"
     return Completion(text, reason, count_tokens(bundle, req.prompt), min(n_tokens, req.max_tokens))
@@ -199,35 +195,13 @@ def stream_completion(bundle: ModelBundle, request: CompletionRequest,
     runner = ContinuousBatcher(bundle, max_rows=1) if engine is None else engine
     runner.submit(_rows(request, [sink], first_choice=choice))
     try:
-        yield from _until_stop(sink.streamer, request.stop)
+        yield from until_stop(sink.streamer, request.stop)
         if sink.error is not None:
             raise sink.error
     finally:
         sink.cancelled = True  # no-op once the row has finished
         if own:
             runner.close()
-
-
-def _until_stop(deltas: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
-    """Pass deltas through up to the first stop string, holding back what could start one."""
-    emitted = ""
-    held = ""
-    for delta in deltas:
-        held += delta
-        text = emitted + held
-        cut = min((text.find(s) for s in stop if s in text), default=-1)
-        if cut != -1:
-            if cut > len(emitted):
-                yield text[len(emitted) : cut]
-            return
-        keep = max((len(s) - 1 for s in stop), default=0)
-        safe = len(held) - keep if keep else len(held)
-        if safe > 0:
-            yield held[:safe]
-            emitted += held[:safe]
-            held = held[safe:]
-    if held:
-        yield held
 
 
 class AdapterCache:

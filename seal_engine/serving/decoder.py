@@ -33,7 +33,8 @@ from transformers.generation.logits_process import (
 
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-from seal_engine.training.multilora import ServingLora
+from seal_engine.core.stops import stop_index
+from seal_engine.serving.lora_slots import ServingLora
 
 # transformers' generate() samples with top_k=50 unless told otherwise; keep its behaviour.
 SAMPLING_TOP_K = 50
@@ -210,7 +211,7 @@ class Decoder:
             row.tokens.append(t)
             row.req.sink.token(t)
             stop = row.req.stop
-            if stop and any(s in tok.decode(row.tokens, skip_special_tokens=True) for s in stop):
+            if stop and stop_index(tok.decode(row.tokens, skip_special_tokens=True), stop) != -1:
                 done.append((row, "stop"))
             elif len(row.tokens) >= row.req.max_tokens:
                 done.append((row, "length"))

@@ -20,9 +20,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from seal_engine.core.lora import AdapterError, TrainedAdapter, _wrap, collate, lora_config, padded_width, tokenize
+from seal_engine.core.lora import AdapterError, TrainedAdapter, peft_model, lora_config
+
+from seal_engine.training.peft import collate, padded_width, tokenize
 from seal_engine.core.model import ModelBundle
-from seal_engine.training.multilora import installed, module_paths
+from seal_engine.core.lora import module_paths
+from seal_engine.training.multilora import installed
 from seal_engine.config import LoraSettings
 
 BETAS = (0.9, 0.999)
@@ -36,7 +39,7 @@ def peft_initial_state(bundle: ModelBundle, cfg: LoraSettings, seed: int) -> dic
 
     with bundle.lock:
         torch.manual_seed(seed)
-        model = _wrap(bundle, config)
+        model = peft_model(bundle, config)
         try:
             return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
         finally:

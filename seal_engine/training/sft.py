@@ -12,7 +12,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from seal_engine.core.lora import AdapterError, LoraAdapter, TrainedAdapter, lora_config, padded_width, run_peft_training
+from seal_engine.core.lora import AdapterError, LoraAdapter, TrainedAdapter, lora_config
+
+from seal_engine.training.peft import padded_width, run_peft_training
 from seal_engine.core.model import ModelBundle
 from seal_engine.config import SFTSettings
 

@@ -27,19 +27,32 @@ import logging
 import shutil
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from seal_service.db.base import utcnow
-from seal_service.db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, PolicyCheckpoint, RLEvaluation, RLRun, RLSample
+from seal_service.db.models import (
+    CANCELLED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL,
+    PolicyCheckpoint,
+    RLEvaluation,
+    RLRun,
+    RLSample,
+)
 from seal_service.db.session import session_scope
+from seal_service.queue import STEP, mark_dispatched
 from seal_service.settings import Settings
-
+from seal_service.storage import fsync_dir, policy_dir
+from workers.engine import load_model
+from workers.errors import readable
+from workers.identity import worker_identity
 from workers.rl import leases
-from workers.adaptation.run import _default_bundle, _fsync_dir, readable, worker_identity
 
 log = logging.getLogger("seal.worker.rl")
 
@@ -50,10 +63,6 @@ BundleFn = Callable[[Settings], Any]
 
 def checkpoint_id(run_id: str, iteration: int) -> str:
     return f"pol_{run_id.split('_', 1)[-1]}_{iteration + 1}"
-
-
-def policy_dir(settings: Settings, run_id: str, iteration: int) -> Path:
-    return settings.resolved_storage_dir / "_policies" / run_id / f"iter{iteration + 1}"
 
 
 def load_pool(config: dict[str, Any]):  # noqa: ANN201
@@ -102,22 +111,22 @@ def _current_policy(settings: Settings, run: RLRun, iteration: int):  # noqa: AN
 
 
 def _engine_config(run: RLRun):  # noqa: ANN202
-    from seal_engine.rl.loop import RLConfig
+    from seal_engine.rl.config import RLConfig
 
     return RLConfig.model_validate(run.config["rl"])
 
 
-def step(settings: Settings, run_id: str, dispatch: Dispatch, *, worker: str = "", bundle_fn: BundleFn = _default_bundle) -> str:
+def step(settings: Settings, run_id: str, dispatch: Dispatch, *, worker: str = "", bundle_fn: BundleFn = load_model) -> str:
     """Advance the run as far as this process can; returns what it did."""
     run = _run(settings, run_id)
     if run is None or run.status in TERMINAL:
         return "skipped"
     worker = worker or worker_identity()
     iteration = int((run.metrics or {}).get("iteration", 0))
-    if not leases.claim(settings, run_id, iteration, leases.STEP, worker):
+    if not leases.claim(settings, run_id, iteration, STEP, worker):
         return "busy"  # another live worker is sampling or fine-tuning this iteration
     try:
-        with leases.Held(settings, run_id, iteration, leases.STEP, worker):
+        with leases.Held(settings, run_id, iteration, STEP, worker):
             return _step(settings, run, dispatch, worker, bundle_fn)
     except Exception as e:  # noqa: BLE001
         log.exception("rl run %s failed", run_id)
@@ -161,7 +170,7 @@ def _step(settings: Settings, run: RLRun, dispatch: Dispatch, worker: str, bundl
         missing = [p for p in range(len(docs)) if p not in done and p not in held]
         if not missing:
             return "waiting"
-        leases.mark_dispatched(settings, run.id, iteration, missing)
+        mark_dispatched(settings, run.id, iteration, missing)
         for p in missing:
             dispatch("evaluate", [run.id, iteration, p])
         return "dispatched"
@@ -173,7 +182,8 @@ def _progress(config, iteration: int, done: int, total: int) -> float:  # noqa: 
 
 
 def _finish_iteration(settings, run, config, iteration, docs, metrics, dispatch, bundle_fn) -> str:  # noqa: ANN001
-    from seal_engine.rl.loop import PassageResult, iteration_metrics, select_best, train_policy
+    from seal_engine.rl.loop import iteration_metrics, select_best, train_policy
+    from seal_engine.rl.results import PassageResult
 
     url = settings.resolved_database_url
     cid = checkpoint_id(run.id, iteration)
@@ -198,7 +208,7 @@ def _finish_iteration(settings, run, config, iteration, docs, metrics, dispatch,
             (new or policy).save(tmp)
             (tmp / "seal_policy.json").write_text(json.dumps({"rl_run_id": run.id, "iteration": iteration + 1,
                                                               "metrics": m}, default=str))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)
@@ -222,13 +232,13 @@ def _finish_iteration(settings, run, config, iteration, docs, metrics, dispatch,
              progress=1.0, finished_at=utcnow())
         return "succeeded"
     _set(settings, run.id, metrics=new_metrics, progress=_progress(config, nxt, 0, 1))
-    leases.mark_dispatched(settings, run.id, nxt, [leases.STEP])
+    mark_dispatched(settings, run.id, nxt, [STEP])
     dispatch("step", [run.id])
     return "advanced"
 
 
 def evaluate(settings: Settings, run_id: str, iteration: int, passage: int, dispatch: Dispatch, *,
-             worker: str = "", bundle_fn: BundleFn = _default_bundle) -> str:
+             worker: str = "", bundle_fn: BundleFn = load_model) -> str:
     """Evaluate one passage's samples (idempotent); the evaluation completing the set sends ``step``."""
     run = _run(settings, run_id)
     if run is None or run.status in TERMINAL:
@@ -255,7 +265,7 @@ def evaluate(settings: Settings, run_id: str, iteration: int, passage: int, disp
         n_all = len(set(s.scalars(select(RLSample.passage).where(RLSample.rl_run_id == run_id,
                                                                  RLSample.iteration == iteration)).all()))
     if n_done >= n_all:
-        leases.mark_dispatched(settings, run_id, iteration, [leases.STEP])
+        mark_dispatched(settings, run_id, iteration, [STEP])
         dispatch("step", [run_id])
     else:
         _set(settings, run_id, progress=_progress(_engine_config(run), iteration, n_done, n_all))

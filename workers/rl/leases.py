@@ -22,13 +22,11 @@ from sqlalchemy.exc import IntegrityError
 from seal_service.db.base import utcnow
 from seal_service.db.models import QUEUED, RUNNING, RLRun, RLWorkLease
 from seal_service.db.session import session_scope
-from seal_service.queue import STEP, mark_dispatched  # noqa: F401  (re-used by the RL jobs)
+from seal_service.queue import STEP
 from seal_service.settings import Settings
-
-from workers.adaptation.run import holder_is_dead
+from workers.identity import holder_is_dead
 
 log = logging.getLogger("seal.worker.rl")
-
 
 
 def _key(run_id: str, iteration: int, unit: int) -> Any:

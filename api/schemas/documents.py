@@ -1,0 +1,42 @@
+"""Stored documents, and the question/answer pairs that grade an adaptation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from api.schemas.common import MAX_TEXT, Strict
+
+
+class DocumentIn(Strict):
+    title: str = Field("", max_length=1000)
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("document text is empty")
+        return v
+
+
+class DocumentOut(BaseModel):
+    id: str
+    object: Literal["document"] = "document"
+    title: str
+    text: str
+    created_at: datetime
+
+
+class QuestionIn(Strict):
+    question: str = Field(min_length=1, max_length=4000)
+    answer: str = Field(min_length=1, max_length=4000)
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()

@@ -1,0 +1,139 @@
+"""Models and adapters as the API lists them: the base model, the tenant's ready adapters
+(their files, a zip of them), deleting one."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import uuid
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.errors import APIError, not_found
+from api.schemas import AdapterOut, ModelOut, valid_id
+from seal_service.db.base import utcnow
+from seal_service.db.models import ADAPTER_DELETED, ADAPTER_READY, Adapter
+from seal_service.settings import Settings
+
+if TYPE_CHECKING:
+    from api.backends.runtime_loras import RuntimeLora
+
+# The server's start time stands for the base model's "created".
+_STARTED = int(utcnow().timestamp())
+
+
+def adapter_files(path: str | Path) -> list[str]:
+    p = Path(path)
+    if not p.is_dir():
+        return []
+    return sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+
+
+def base_model_out(settings: Settings) -> ModelOut:
+    return ModelOut(id=settings.model_id, created=_STARTED, owned_by="seal", kind="base")
+
+
+def adapter_model_out(a: Adapter) -> ModelOut:
+    return ModelOut(id=a.id, created=int(a.created_at.timestamp()), owned_by=a.tenant_id, kind="adapter",
+                    base_model=a.base_model, name=a.name)
+
+
+def adapter_out(a: Adapter) -> AdapterOut:
+    return AdapterOut(
+        id=a.id, name=a.name, base_model=a.base_model, status=a.status, strategy=a.strategy, policy_id=a.policy_id,
+        job_id=a.job_id, metrics=a.metrics, lora=a.lora, size_bytes=a.size_bytes,
+        files=adapter_files(a.storage_path), created_at=a.created_at,
+    )
+
+
+def find_adapter(*, db: Session, tenant_id: str, adapter_id: str, param: str | None = None) -> Adapter:
+    """A ready adapter of this tenant, else 404 (another tenant's id is just as unknown)."""
+    row = db.get(Adapter, adapter_id) if valid_id(adapter_id) else None
+    if row is None or row.tenant_id != tenant_id or row.status != ADAPTER_READY:
+        raise not_found("adapter", adapter_id, param)
+    return row
+
+
+def served_adapter_path(*, db: Session, tenant_id: str, model_id: str, base_model: str) -> str:
+    """Where the adapter a completion request names lives; 404 (``param`` "model") unless it is one
+    of the tenant's ready adapters trained for ``base_model``, the model this server serves."""
+    try:
+        row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=model_id, param="model")
+    except APIError:
+        raise APIError(404, f"The model {model_id!r} does not exist or you do not have access to it.",
+                       code="model_not_found", param="model") from None
+    if row.base_model != base_model:
+        raise APIError(404, f"adapter {model_id!r} was trained for {row.base_model!r}, "
+                            f"which this server does not serve", code="model_not_found", param="model")
+    return row.storage_path
+
+
+def list_models(*, db: Session, settings: Settings, tenant_id: str,
+                runtime_loras: Iterable[RuntimeLora] = ()) -> list[ModelOut]:
+    """The base model, the tenant's ready adapters of it (oldest first), then ``runtime_loras``."""
+    rows = db.scalars(
+        select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.status == ADAPTER_READY,
+                              Adapter.base_model == settings.model_id).order_by(Adapter.created_at)
+    ).all()
+    return [base_model_out(settings), *(adapter_model_out(a) for a in rows),
+            *(ModelOut(id=r.name, created=r.created, owned_by=tenant_id, kind="lora",
+                       base_model=settings.model_id) for r in runtime_loras)]
+
+
+def retrieve_model(*, db: Session, settings: Settings, tenant_id: str, model_id: str) -> ModelOut:
+    """The base model or one of the tenant's ready adapters, else 404 naming the model."""
+    if model_id == settings.model_id:
+        return base_model_out(settings)
+    try:
+        return adapter_model_out(find_adapter(db=db, tenant_id=tenant_id, adapter_id=model_id))
+    except APIError:
+        raise not_found("model", model_id) from None
+
+
+def list_adapters(*, db: Session, tenant_id: str) -> list[Adapter]:
+    """The tenant's ready adapters, newest first."""
+    return list(db.scalars(select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.status == ADAPTER_READY)
+                           .order_by(Adapter.created_at.desc())))
+
+
+def mark_adapter_deleted(*, db: Session, tenant_id: str, adapter_id: str) -> Path:
+    """Mark the tenant's adapter deleted and commit; returns its directory (still on disk)."""
+    row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=adapter_id)
+    path = Path(row.storage_path)
+    row.status, row.deleted_at = ADAPTER_DELETED, utcnow()
+    db.commit()
+    return path
+
+
+def remove_adapter_files(path: Path) -> None:
+    # Move aside first so no reader sees a half-deleted directory.
+    if path.is_dir():
+        trash = path.with_name(f".{path.name}.deleted-{uuid.uuid4().hex[:8]}")
+        try:
+            path.rename(trash)
+        except OSError:
+            trash = path
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def adapter_file(*, db: Session, tenant_id: str, adapter_id: str, filename: str) -> Path:
+    """One file of the tenant's adapter, else 404 (only listed files: no path escapes)."""
+    row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=adapter_id)
+    if filename not in adapter_files(row.storage_path):
+        raise not_found("file", filename)
+    return Path(row.storage_path) / filename
+
+
+def adapter_zip(*, db: Session, tenant_id: str, adapter_id: str) -> bytes:
+    """The adapter directory as an uncompressed zip, files under ``{adapter_id}/``."""
+    row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=adapter_id)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in adapter_files(row.storage_path):
+            zf.write(Path(row.storage_path) / name, arcname=f"{adapter_id}/{name}")
+    return buf.getvalue()

@@ -1,0 +1,319 @@
+"""The adaptation job state machine (workers.adaptation.run), with a stand-in for the engine so it runs in ms.
+
+Covers: success registers exactly one adapter; redelivery is a no-op; failures are
+readable and leave nothing registered; cancel; a lost lease; a worker dying between
+publishing files and registering them; stealing from a dead worker; recovery sweeps.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select, update
+
+from seal_service.db.base import utcnow
+from seal_service.db.models import AdaptationJob, Adapter, SelfEdit
+from seal_service.db.session import session_scope
+from tests.support.service import api_client, bearer, new_key, service_settings
+from seal_engine.knowledge.documents import DocumentError
+from tests.conftest import TEST_DATA_DIR
+from workers.adaptation.claim import claim
+from tests.support.fake_engine import DOCS, FakeEngine
+from workers.lifecycle import recover
+
+@pytest.fixture
+def svc(tmp_path):
+    settings = service_settings(tmp_path, TEST_DATA_DIR, job_lease_s=2.0)
+    with api_client(settings) as client:
+        yield SimpleNamespace(client=client, settings=settings, h=bearer(new_key(settings, "acme")))
+
+
+def _job(svc, **body) -> str:
+    r = svc.client.post("/v1/adaptations", headers=svc.h,
+                        json={"documents": DOCS, "strategy": "implications", "num_self_edits": 2, **body})
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _counts(settings, job_id: str) -> tuple[int, int, int]:
+    """(adapter rows, adapter dirs, leftover temp dirs) for the job."""
+    with session_scope(settings.resolved_database_url) as db:
+        job = db.get(AdaptationJob, job_id)
+        rows = db.scalar(select(func.count()).select_from(Adapter).where(Adapter.job_id == job_id))
+        adapter_id, tenant = job.adapter_id, job.tenant_id
+    dirs = [p for p in (settings.resolved_storage_dir / tenant).glob("*") if adapter_id in p.name] \
+        if (settings.resolved_storage_dir / tenant).exists() else []
+    tmp = list((settings.resolved_storage_dir / ".tmp").glob(f"{adapter_id}-*"))
+    return rows, len(dirs), len(tmp)
+
+
+def _job_row(settings, job_id: str) -> AdaptationJob:
+    with session_scope(settings.resolved_database_url) as db:
+        return db.get(AdaptationJob, job_id)
+
+
+def test_success_registers_one_adapter_and_redelivery_is_a_no_op(svc):
+    job_id = _job(svc, name="zorblax facts")
+    eng = FakeEngine(svc.settings)
+    assert eng.run(job_id) == "succeeded"
+    out = svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()
+    assert out["status"] == "succeeded" and out["progress"] == {"stage": "done", "fraction": 1.0}
+    assert out["attempts"] == 1 and out["error"] is None
+    assert out["metrics"]["reward"]["reward"] == 0.9
+    # Self-edits: k per document, each tied to its document, with the policy that wrote it and reward terms.
+    edits = out["self_edits"]
+    assert [e["text"] for e in edits] == ["edit 0.0", "edit 0.1", "edit 1.0", "edit 1.1"]
+    assert [e["document_id"] for e in edits] == [out["documents"][0]] * 2 + [out["documents"][1]] * 2
+    assert all(e["strategy"] == "implications" and e["reward"]["reward"] == 0.9 for e in edits)
+    adapter = svc.client.get(f"/v1/adapters/{out['adapter_id']}", headers=svc.h).json()
+    assert adapter["name"] == "zorblax facts" and adapter["status"] == "ready"
+    assert {"adapter_config.json", "adapter_model.safetensors", "seal_record.json"} <= set(adapter["files"])
+    assert adapter["id"] in [m["id"] for m in svc.client.get("/v1/models", headers=svc.h).json()["data"]]
+    assert _counts(svc.settings, job_id) == (1, 1, 0)
+
+    # The same message again (broker redelivery, recovery sweep): nothing happens.
+    assert eng.run(job_id) == "skipped"
+    assert eng.calls == 1
+    assert _counts(svc.settings, job_id) == (1, 1, 0)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        assert db.scalar(select(func.count()).select_from(SelfEdit).where(SelfEdit.job_id == job_id)) == 4
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (DocumentError("document text is empty"), "document text is empty"),
+    (RuntimeError("boom\n  at line 3"), "RuntimeError: boom at line 3"),
+])
+def test_failure_is_readable_and_registers_nothing(svc, exc, reason):
+    job_id = _job(svc)
+    assert FakeEngine(svc.settings, fail=exc).run(job_id) == "failed"
+    job = svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()
+    assert job["status"] == "failed" and job["error"] == reason and job["adapter_id"] is None
+    assert _counts(svc.settings, job_id) == (0, 0, 0)
+
+
+def test_failure_while_registering_leaves_no_files(svc, monkeypatch):
+    job_id = _job(svc)
+
+    def broken_register(*_a, **_k):
+        raise OSError("database went away")
+
+    monkeypatch.setattr("workers.adaptation.run.register", broken_register)
+    assert FakeEngine(svc.settings).run(job_id) == "failed"
+    assert _job_row(svc.settings, job_id).error == "OSError: database went away"
+    assert _counts(svc.settings, job_id) == (0, 0, 0)
+
+
+def test_worker_for_another_model_fails_the_job(svc):
+    job_id = _job(svc)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(base_model="Other-7B"))
+    assert FakeEngine(svc.settings).run(job_id) == "failed"
+    assert "job is for 'Other-7B'" in _job_row(svc.settings, job_id).error
+
+
+def test_cancel_while_running(svc):
+    job_id = _job(svc)
+
+    def cancel():
+        r = svc.client.post(f"/v1/adaptations/{job_id}/cancel", headers=svc.h)
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+
+    eng = FakeEngine(svc.settings, during=cancel)
+    assert eng.run(job_id) == "cancelled"
+    job = _job_row(svc.settings, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert _counts(svc.settings, job_id) == (0, 0, 0)
+    assert eng.run(job_id) == "skipped"  # a later delivery leaves it cancelled
+
+
+def test_cancelled_before_start_never_runs(svc):
+    job_id = _job(svc)
+    svc.client.post(f"/v1/adaptations/{job_id}/cancel", headers=svc.h)
+    eng = FakeEngine(svc.settings)
+    assert eng.run(job_id) == "skipped" and eng.calls == 0
+
+
+def test_lost_lease_stops_without_touching_the_job(svc):
+    job_id = _job(svc)
+
+    def taken_over():
+        with session_scope(svc.settings.resolved_database_url) as db:
+            db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(worker="otherhost:1:abcdef"))
+
+    assert FakeEngine(svc.settings, during=taken_over).run(job_id) == "lost"
+    job = _job_row(svc.settings, job_id)
+    assert job.status == "running" and job.worker == "otherhost:1:abcdef"
+    assert _counts(svc.settings, job_id) == (0, 0, 0)
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL: nothing in the job body catches it."""
+
+
+def test_death_between_publish_and_register_then_redelivery(svc, monkeypatch):
+    job_id = _job(svc)
+
+    def die(*_a, **_k):
+        raise Crash()
+
+    monkeypatch.setattr("workers.adaptation.run.register", die)
+    with pytest.raises(Crash):
+        FakeEngine(svc.settings).run(job_id, worker="thishost:1:dead00")
+    monkeypatch.undo()
+    # Files are published, no row: the adapter does not exist yet.
+    assert _counts(svc.settings, job_id) == (0, 1, 0)
+    assert svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()["status"] == "running"
+
+    # The lease runs out; the next delivery registers what is there, without training again.
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id)
+                   .values(lease_until=utcnow() - timedelta(seconds=1)))
+    eng = FakeEngine(svc.settings, fail=AssertionError("must not train again"))
+    assert eng.run(job_id) == "succeeded"
+    assert eng.calls == 0
+    job = svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()
+    assert job["attempts"] == 2 and len(job["self_edits"]) == 4
+    assert _counts(svc.settings, job_id) == (1, 1, 0)
+
+
+def test_dead_local_holder_is_taken_over_at_once(svc):
+    job_id = _job(svc)
+    import socket
+
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
+            status="running", worker=f"{socket.gethostname()}:999999:abcdef", attempts=1,
+            lease_until=utcnow() + timedelta(hours=1)))
+    assert FakeEngine(svc.settings).run(job_id) == "succeeded"
+    assert _job_row(svc.settings, job_id).attempts == 2
+
+
+def test_remote_holder_is_waited_for_until_its_lease_expires(svc):
+    job_id = _job(svc)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
+            status="running", worker="elsewhere:42:abcdef", attempts=1,
+            lease_until=utcnow() + timedelta(seconds=1)))
+    assert FakeEngine(svc.settings).run(job_id) == "succeeded"
+
+
+def test_job_that_keeps_killing_workers_is_failed(svc):
+    job_id = _job(svc)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
+            status="running", worker="elsewhere:42:abcdef", attempts=svc.settings.max_job_attempts,
+            lease_until=utcnow() - timedelta(seconds=5)))
+    eng = FakeEngine(svc.settings)
+    assert eng.run(job_id) == "skipped" and eng.calls == 0
+    job = _job_row(svc.settings, job_id)
+    assert job.status == "failed" and "giving up" in job.error
+
+
+def test_recovery_sweep_resends_lost_jobs_once(svc):
+    sent: list[str] = []
+    app = SimpleNamespace(send_task=lambda name, args, **kw: (sent.append(args[0]), SimpleNamespace(id="t"))[1])
+    dead, fresh, lost_msg = _job(svc), _job(svc), _job(svc)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == dead).values(
+            status="running", worker="elsewhere:42:abcdef", lease_until=utcnow() - timedelta(seconds=5),
+            dispatched_at=utcnow() - timedelta(seconds=60), claimed_at=utcnow() - timedelta(seconds=59)))
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == lost_msg).values(
+            dispatched_at=utcnow() - timedelta(seconds=svc.settings.requeue_after_s + 5)))
+    assert sorted(recover(svc.settings, app)) == sorted([dead, lost_msg])
+    assert recover(svc.settings, app) == []  # already re-sent
+    assert fresh not in sent
+
+    # A worker on this host that is gone: no need to wait for its lease.
+    import socket
+
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == fresh).values(
+            status="running", worker=f"{socket.gethostname()}:999999:abcdef", claimed_at=utcnow(),
+            lease_until=utcnow() + timedelta(hours=1)))
+    assert recover(svc.settings, app) == [fresh]
+    assert recover(svc.settings, app) == []
+
+
+def test_promoted_policy_is_the_default_and_is_recorded(svc, tmp_path):
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    import torch
+
+    from seal_service.db.models import PolicyCheckpoint
+
+    policy_dir = tmp_path / "policy"
+    LoraConfig(r=2, target_modules=["q_proj"]).save_pretrained(str(policy_dir))
+    save_file({"w": torch.zeros(1)}, str(policy_dir / "adapter_model.safetensors"))
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.add(PolicyCheckpoint(id="pol_1", base_model=svc.settings.model_id, strategy="self-qa",
+                                storage_path=str(policy_dir), promoted=True, promoted_at=utcnow()))
+
+    r = svc.client.post("/v1/adaptations", headers=svc.h, json={"documents": DOCS[:1], "num_self_edits": 1})
+    job = r.json()
+    assert job["strategy"] == "self-qa" and job["policy_id"] == "pol_1"
+    # An explicit strategy wins over the policy.
+    explicit = svc.client.post("/v1/adaptations", headers=svc.h,
+                               json={"documents": DOCS[:1], "strategy": "rewrite"}).json()
+    assert explicit["strategy"] == "rewrite" and explicit["policy_id"] is None
+
+    # An engine without policy support fails the job instead of ignoring the policy.
+    assert FakeEngine(svc.settings).run(job["id"]) == "failed"
+    assert "cannot be applied" in _job_row(svc.settings, job["id"]).error
+
+    got = {}
+
+    class PolicyEngine(FakeEngine):
+        def adapt(self, *a, policy=None, **kw):
+            got["policy"] = policy
+            return super().adapt(*a, **kw)
+
+    job2 = svc.client.post("/v1/adaptations", headers=svc.h, json={"documents": DOCS[:1], "num_self_edits": 1}).json()
+    assert PolicyEngine(svc.settings).run(job2["id"]) == "succeeded"
+    assert got["policy"].config.r == 2
+    out = svc.client.get(f"/v1/adaptations/{job2['id']}", headers=svc.h).json()
+    assert [e["policy_id"] for e in out["self_edits"]] == ["pol_1"]
+    assert svc.client.get(f"/v1/adapters/{out['adapter_id']}", headers=svc.h).json()["policy_id"] == "pol_1"
+
+
+def test_stored_documents_are_used_by_id(svc):
+    doc = svc.client.post("/v1/documents", headers=svc.h, json=DOCS[1]).json()
+    assert doc["object"] == "document" and doc["text"] == DOCS[1]["text"]
+    r = svc.client.post("/v1/adaptations", headers=svc.h, json={
+        "documents": [doc["id"], {"id": doc["id"]}, DOCS[0]], "strategy": "passage"})
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["documents"][:2] == [doc["id"], doc["id"]] and job["documents"][2] != doc["id"]
+    spec = claim(svc.settings, job["id"], "thishost:1:abcdef", wait=False)
+    assert [d[2] for d in spec.documents] == [DOCS[1]["text"], DOCS[1]["text"], DOCS[0]["text"]]
+
+
+def test_duplicate_delivery_leaves_a_live_holder_alone(svc):
+    """A holder that renews its lease is alive: the duplicate gives up instead of waiting it out."""
+    import threading
+    import time as _time
+
+    job_id = _job(svc)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
+            status="running", worker="elsewhere:42:abcdef", attempts=1, lease_until=utcnow() + timedelta(seconds=2)))
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(0.3):
+            with session_scope(svc.settings.resolved_database_url) as db:
+                db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id)
+                           .values(lease_until=utcnow() + timedelta(seconds=2)))
+
+    t = threading.Thread(target=renew)
+    t.start()
+    try:
+        t0 = _time.monotonic()
+        eng = FakeEngine(svc.settings)
+        assert eng.run(job_id) == "skipped" and eng.calls == 0
+        assert _time.monotonic() - t0 < 2.0
+    finally:
+        stop.set()
+        t.join()
+    assert _job_row(svc.settings, job_id).worker == "elsewhere:42:abcdef"

@@ -1,0 +1,36 @@
+"""How a job stops early, and the one line its failure is reported with."""
+
+from __future__ import annotations
+
+from seal_engine.errors import SealError
+
+MAX_ERROR_CHARS = 2000
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while this worker ran it."""
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (this one's lease ran out)."""
+
+
+class JobError(SealError):
+    """A failure whose message is meant for the user as is."""
+
+
+def readable(exc: BaseException) -> str:
+    """One line a user can act on."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        msg = "invalid settings: " + "; ".join(
+            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+    elif isinstance(exc, SealError):
+        msg = str(exc)
+    elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        msg = f"out of memory: {exc}"
+    else:
+        msg = f"{type(exc).__name__}: {exc}"
+    msg = " ".join(msg.split())
+    return msg[:MAX_ERROR_CHARS] or type(exc).__name__
