@@ -179,6 +179,12 @@ class EngineSettings(BaseSettings):
     retention_lambda: float = Field(1.0, ge=0.0)
     # How many retention probes to score per adapter (0 = all).
     retention_probes: int = Field(64, ge=0)
+    # Forgetting, asked through the chat path on the gate half of the probes and generic prompts
+    # (seal_engine.knowledge.forgetting): how many of each an adapter is checked on (0 = all
+    # of its half), and the reply length of a probe answer.
+    forgetting_probes: int = Field(0, ge=0)
+    forgetting_prompts: int = Field(0, ge=0)
+    forgetting_probe_tokens: int = Field(48, ge=1, le=512)
 
     @field_validator("model_path", mode="before")
     @classmethod

@@ -35,11 +35,11 @@ def rl(
 ) -> None:
     """Train the self-edit policy with ReST-EM (the small preset: one iteration < 1 h on 2 cores)."""
     quiet_libraries()
+    from seal_engine.config import SFTSettings
     from seal_engine.knowledge.documents import load_documents
     from seal_engine.rl.config import RLConfig
     from seal_engine.rl.local import compare_policies, prepare_run_dir, run_rl
     from seal_engine.rl.local import dev_passages as pick_dev
-    from seal_engine.config import SFTSettings
 
     with user_errors():
         if task == "knowledge":

@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from seal_engine.errors import UnavailableError
 from seal_engine.config import JudgeSettings
+from seal_engine.errors import UnavailableError
 
 OFFLINE_GRADERS = ("exact_match", "f1", "contains")
 

@@ -19,10 +19,9 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from seal_engine.errors import InputError
-from seal_engine.core.model import ModelBundle
 from seal_engine.config import LoraSettings
-
+from seal_engine.core.model import ModelBundle
+from seal_engine.errors import InputError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from seal_engine.errors import UnavailableError
 from seal_engine.config import DEFAULT_MODEL_ID, EngineSettings
+from seal_engine.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from seal_engine.config import FewShotSettings
+from seal_engine.core.lora import LoraAdapter, TrainedAdapter
+from seal_engine.core.model import ModelBundle
 from seal_engine.errors import InputError
 from seal_engine.fewshot.arc import ArcTask
+from seal_engine.fewshot.datasets import task_to_dict
 from seal_engine.fewshot.execute import RecipeRun, execute_recipe, uses_paraphrases
 from seal_engine.fewshot.inference import run_jobs
 from seal_engine.fewshot.paraphrase import paraphrase_inputs
 from seal_engine.fewshot.prompts import SYSTEM, FewShotTask, domain_of
 from seal_engine.fewshot.recipe_sampling import sample_recipes
 from seal_engine.fewshot.recipes import Recipe, RecipeError, default_recipe
-from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.text_tasks import TextPair, TextTask
-from seal_engine.core.lora import LoraAdapter, TrainedAdapter
-from seal_engine.core.model import ModelBundle
-from seal_engine.fewshot.datasets import task_to_dict
 
 Progress = Callable[[str, int, int], None]
 MAX_RECIPES = 16

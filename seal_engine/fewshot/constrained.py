@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 from lmformatenforcer import RegexParser, TokenEnforcer, TokenEnforcerTokenizerData
 
-from seal_engine.fewshot.recipes import GROUPS, Domain
 from seal_engine.config import FewShotSettings
+from seal_engine.fewshot.recipes import GROUPS, Domain
 
 AllowedTokensFn = Callable[[int, torch.Tensor], list[int]]
 

@@ -6,13 +6,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from seal_engine.config import FewShotSettings
 from seal_engine.core.lora import TrainedAdapter
 from seal_engine.core.model import ModelBundle
-
 from seal_engine.fewshot.arc import ArcTask
 from seal_engine.fewshot.prompts import FewShotTask, arc_completion, arc_prompt, domain_of, text_completion, text_prompt
 from seal_engine.fewshot.recipes import Recipe, RecipeError, check_budget, example_limit
-from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.training import Example, encode_pair, train_adapter
 from seal_engine.fewshot.ttt_data import Episode, arc_episodes, text_episodes
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from seal_engine.config import FewShotSettings
 from seal_engine.core.generation import generate
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-
 from seal_engine.fewshot.arc import ArcTask
 from seal_engine.fewshot.augment import NotInvertible, geometric
 from seal_engine.fewshot.grids import MAX_SIDE, Grid, text_to_grid, text_tokens
 from seal_engine.fewshot.prompts import FewShotTask, arc_prompt, parse_text_answer, text_prompt
-from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.text_tasks import TextTask
 from seal_engine.fewshot.voting import exact_match, solved, vote
 

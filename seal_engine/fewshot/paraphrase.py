@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from seal_engine.core.generation import generate
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-
 from seal_engine.fewshot.prompts import parse_text_answer
 
 INSTRUCTION = "Reword the text in a different way with the same meaning. Reply with the reworded text only."

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from seal_engine.knowledge.prompts import Strategy, self_edit_prompt
-
+from seal_engine.config import FewShotSettings
 from seal_engine.fewshot import arc, text_tasks
 from seal_engine.fewshot.arc import ArcPair, ArcTask
 from seal_engine.fewshot.grids import Grid, grid_to_text
 from seal_engine.fewshot.recipes import Domain, schema_text
-from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.text_tasks import TextPair, TextTask
+from seal_engine.knowledge.prompts import Strategy, self_edit_prompt
 
 if TYPE_CHECKING:
     from seal_engine.core.model import ModelBundle

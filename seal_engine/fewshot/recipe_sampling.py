@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from seal_engine.config import FewShotSettings
 from seal_engine.core.generation import generate
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-
 from seal_engine.fewshot.constrained import allowed_tokens_fn, recipe_pattern
 from seal_engine.fewshot.prompts import RESPONSE_PREFIX, FewShotTask, domain_of, recipe_prompt
 from seal_engine.fewshot.recipes import Recipe, RecipeError, find_json_object, validate_recipe
-from seal_engine.config import FewShotSettings
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from seal_engine.config import FewShotSettings
 from seal_engine.errors import InputError
 from seal_engine.fewshot.augment import ARC_GROUPS
-from seal_engine.config import FewShotSettings
 
 Domain = Literal["arc", "text"]
 

@@ -1,6 +1,6 @@
 """Test-time training: (prompt, completion) pairs -> a fresh LoRA adapter.
 
-Reuses the shared PEFT loop (:func:`seal_engine.core.lora.run_peft_training`) and the SFT
+Reuses the shared PEFT loop (:func:`seal_engine.training.peft.run_peft_training`) and the SFT
 example encoding; "output" loss masks the prompt (label -100) as policy SFT does,
 "all" loss trains on every real token.
 """
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from seal_engine.core.lora import TrainedAdapter, lora_config
-
-from seal_engine.training.peft import run_peft_training
-from seal_engine.core.model import ModelBundle
-from seal_engine.training.sft import IGNORE, build_example, collate_sft
-
-from seal_engine.fewshot.recipes import Recipe
 from seal_engine.config import FewShotSettings
+from seal_engine.core.lora import TrainedAdapter, lora_config
+from seal_engine.core.model import ModelBundle
+from seal_engine.fewshot.recipes import Recipe
+from seal_engine.training.peft import run_peft_training
+from seal_engine.training.sft import IGNORE, build_example, collate_sft
 
 Example = tuple[list[int], list[int]]  # (input_ids, labels)
 

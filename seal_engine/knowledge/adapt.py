@@ -7,25 +7,32 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from seal_engine.errors import InputError
-from seal_engine.knowledge.documents import Document, DocumentError, Question
+from seal_engine.config import EngineSettings, LoraSettings
 from seal_engine.core.grading import LLMJudge
-from seal_engine.training.batched import train_adapters_batched
-from seal_engine.knowledge.evaluation import score_adapters
 from seal_engine.core.lora import LoraAdapter, TrainedAdapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.errors import InputError
+from seal_engine.knowledge.chat_format import chat_examples
+from seal_engine.knowledge.documents import Document, DocumentError, Question
+from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.knowledge.forgetting import Forgetting, enforce, gate_forgetting
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.qa import QAResult
+from seal_engine.knowledge.replay import replay_examples
 from seal_engine.knowledge.retention import baseline_retention
 from seal_engine.knowledge.reward import Reward, compute_reward
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
-from seal_engine.config import EngineSettings, LoraSettings
+from seal_engine.training.batched import Example, train_adapters_batched
 
 # progress(stage, done, total): stages are "self_edits", "training", "evaluation".
 Progress = Callable[[str, int, int], None]
 
 MAX_SELF_EDITS = 64
+
+# How training sequences are presented: raw text (loss on every token) or chat turns (loss on replies).
+TrainingFormat = Literal["text", "chat"]
 
 
 @dataclass
@@ -38,6 +45,7 @@ class AdaptationResult:
     baseline: QAResult | None = None
     adapted: QAResult | None = None
     reward: Reward | None = None
+    forgetting: Forgetting | None = None  # on the gate half (seal_engine.knowledge.forgetting)
     timings: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict:
@@ -55,6 +63,9 @@ class AdaptationResult:
             out["judge_error"] = self.adapted.judge_error
         if self.reward is not None:
             out["reward"] = self.reward.to_dict()
+        if self.forgetting is not None:
+            out["forgetting"] = self.forgetting.forgetting
+            out["forgetting_detail"] = self.forgetting.to_dict()
         return out
 
     def record(self) -> dict:
@@ -92,12 +103,24 @@ def adapt(
     seed: int | None = None,
     progress: Progress | None = None,
     policy: LoraAdapter | None = None,
+    training_format: TrainingFormat = "text",
+    replay: int = 0,
+    measure_forgetting: bool = False,
+    max_forgetting: float | None = None,
 ) -> AdaptationResult:
     """Teach the model ``documents``: one adapter trained on all their self-edits.
 
     Questions default to those attached to the documents; without any, nothing is
     graded and no reward is computed. ``policy`` (a self-edit policy adapter) writes
     the self-edits; the adapter itself is always trained on the base model.
+
+    ``training_format`` "chat" trains on the sequences rendered as chat turns, the loss on
+    the replies (:mod:`seal_engine.knowledge.chat_format`); ``replay`` mixes in up to that
+    many of the base model's own chat replies (:mod:`seal_engine.knowledge.replay`).
+
+    ``measure_forgetting`` (implied by ``max_forgetting``) checks the adapter on the gate half
+    of the general-knowledge probes; over ``max_forgetting`` it raises
+    :class:`~seal_engine.knowledge.forgetting.ForgettingExceeded`.
     """
     if not documents:
         raise DocumentError("no documents to adapt to")
@@ -115,19 +138,30 @@ def adapt(
     prompts = [p for p, _ in sampled if p]
     edits = [e for _, doc_edits in sampled for e in doc_edits]
     sequences: list[str] = []
+    examples: list[Example] = []
     for doc, (_, doc_edits) in zip(documents, sampled):
-        sequences.extend(s for s in training_sequences(doc, strat, doc_edits) if s not in sequences)
+        mine = [s for s in training_sequences(doc, strat, doc_edits) if s not in sequences]
+        sequences.extend(mine)
+        examples.extend(chat_examples(bundle, doc.title, mine) if training_format == "chat" else mine)
+    examples.extend(replay_examples(bundle, replay))
     report("self_edits", 1, 1)
     timings["self_edits_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     [adapter] = train_adapters_batched(
-        bundle, [sequences], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n)
+        bundle, [examples], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n)
     )
     timings["training_s"] = time.perf_counter() - t
 
     qs = list(questions) if questions is not None else [q for d in documents for q in d.questions]
     result = AdaptationResult(strat.name if strat else "passage", prompts, edits, sequences, adapter, timings=timings)
+    if measure_forgetting or max_forgetting is not None:
+        t = time.perf_counter()
+        report("forgetting", 0, 1)
+        result.forgetting = gate_forgetting(bundle, settings, adapter)
+        timings["forgetting_s"] = time.perf_counter() - t
+        report("forgetting", 1, 1)
+        enforce(result.forgetting, max_forgetting)
     if qs:
         t = time.perf_counter()
         report("evaluation", 0, 1)

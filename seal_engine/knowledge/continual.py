@@ -19,16 +19,16 @@ from dataclasses import replace
 
 from peft import set_peft_model_state_dict
 
-from seal_engine.errors import InputError
-from seal_engine.training.batched import train_adapters_batched
-from seal_engine.knowledge.documents import Document
-from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.config import EngineSettings
 from seal_engine.core.grading import OFFLINE_GRADERS
 from seal_engine.core.lora import AdapterError, LoraAdapter, peft_model
 from seal_engine.core.model import ModelBundle
+from seal_engine.errors import InputError
+from seal_engine.knowledge.documents import Document
+from seal_engine.knowledge.evaluation import score_adapters
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
-from seal_engine.config import EngineSettings
+from seal_engine.training.batched import train_adapters_batched
 
 
 def clone_bundle(bundle: ModelBundle) -> ModelBundle:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from seal_engine.knowledge.documents import Question
+from seal_engine.config import EngineSettings
 from seal_engine.core.grading import LLMJudge
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.knowledge.documents import Question
 from seal_engine.knowledge.qa import QAResult, answer_questions, grade_answers
 from seal_engine.knowledge.retention import probe_accuracy, retention_subset
-from seal_engine.config import EngineSettings
 
 
 @dataclass

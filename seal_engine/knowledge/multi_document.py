@@ -12,18 +12,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from seal_engine.errors import InputError
-from seal_engine.knowledge.adapt import reward_for
-from seal_engine.training.batched import train_adapters_batched
-from seal_engine.knowledge.documents import Document
-from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.config import EngineSettings
 from seal_engine.core.grading import LLMJudge
-from seal_engine.knowledge.benchmark import NO_ADAPTATION
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.errors import InputError
+from seal_engine.knowledge.adapt import reward_for
+from seal_engine.knowledge.benchmark import NO_ADAPTATION
+from seal_engine.knowledge.documents import Document
+from seal_engine.knowledge.evaluation import score_adapters
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
-from seal_engine.config import EngineSettings
+from seal_engine.training.batched import train_adapters_batched
 
 # Documents whose self-edits are sampled in one generate call (bounds the KV cache).
 SAMPLING_CHUNK = 16

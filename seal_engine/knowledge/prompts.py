@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seal_engine.errors import InputError
 from seal_engine.core.model import ModelBundle
+from seal_engine.errors import InputError
 
 
 class UnknownStrategyError(InputError):

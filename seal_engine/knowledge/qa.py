@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from seal_engine.knowledge.documents import Question
+from seal_engine.config import EngineSettings
 from seal_engine.core.generation import generate
 from seal_engine.core.grading import OFFLINE_GRADERS, JudgeError, LLMJudge, grade_offline
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.knowledge.documents import Question
 from seal_engine.knowledge.prompts import answer_prompt
-from seal_engine.config import EngineSettings
+
+if TYPE_CHECKING:
+    from seal_engine.serving.completions import Completion
 
 
 def answer_questions(
@@ -79,3 +83,33 @@ def grade_answers(
     n = max(len(grades), 1)
     accuracy = {k: sum(g[k] for g in grades) / n for k in names} if grades else {k: 0.0 for k in names}
     return QAResult(list(predictions), grades, accuracy, judge_error)
+
+
+def chat_completions(
+    bundle: ModelBundle,
+    questions: Sequence[str],
+    adapters: Sequence[LoraAdapter | None],
+    *,
+    max_tokens: int,
+    batch_size: int = 64,
+) -> list[Completion]:
+    """Greedy replies to ``questions`` asked exactly as ``/v1/chat/completions`` asks them: one
+    plain user turn (no system prompt) in the model's own template, decoded by the serving
+    decoder with ``adapters[i]`` on question i (the same prompt tokens and kernels)."""
+    from seal_engine.serving.completions import CompletionRequest, chat_prompt, complete
+
+    if len(adapters) != len(questions):
+        raise ValueError("one adapter (or None) per question")
+    requests = [CompletionRequest(prompt=chat_prompt(bundle, [{"role": "user", "content": q}]), adapter=a,
+                                  max_tokens=max_tokens, temperature=0.0) for q, a in zip(questions, adapters)]
+    out: list[Completion] = []
+    for i in range(0, len(requests), batch_size):
+        out.extend(c[0] for c in complete(bundle, requests[i : i + batch_size]))
+    return out
+
+
+def chat_answers(bundle: ModelBundle, questions: Sequence[str], adapters: Sequence[LoraAdapter | None], *,
+                 max_tokens: int, batch_size: int = 64) -> list[str]:
+    """The texts of :func:`chat_completions`, stripped."""
+    return [c.text.strip() for c in chat_completions(bundle, questions, adapters, max_tokens=max_tokens,
+                                                     batch_size=batch_size)]

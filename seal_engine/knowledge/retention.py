@@ -12,12 +12,12 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from seal_engine.knowledge.documents import Question
+from seal_engine.config import DEFAULT_MODEL_ID, EngineSettings
 from seal_engine.core.grading import grade_offline
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.knowledge.documents import Question
 from seal_engine.knowledge.qa import answer_questions
-from seal_engine.config import DEFAULT_MODEL_ID, EngineSettings
 
 PROBE_GRADER = "contains"
 

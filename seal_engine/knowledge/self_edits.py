@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
-from seal_engine.knowledge.documents import Document
+from seal_engine.config import SamplingSettings
 from seal_engine.core.generation import generate
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.knowledge.documents import Document
 from seal_engine.knowledge.parsing import build_training_sequences
 from seal_engine.knowledge.prompts import Strategy, self_edit_prompt
-from seal_engine.config import SamplingSettings
 
 
 def sample_self_edits_many(

@@ -15,17 +15,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from seal_engine.config import FewShotSettings
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
-from seal_engine.rl.results import PassageResult, RecipeSampleResult
-
 from seal_engine.fewshot.execute import RecipeRun, execute_recipe, uses_paraphrases
 from seal_engine.fewshot.inference import ArcOutcome, Outcome, run_jobs
 from seal_engine.fewshot.paraphrase import paraphrase_inputs
 from seal_engine.fewshot.prompts import RESPONSE_PREFIX, FewShotTask, domain_of
 from seal_engine.fewshot.recipe_sampling import RecipeDraw, parse_draw, sample_recipes
 from seal_engine.fewshot.recipes import Recipe, RecipeError, default_recipe, find_json_object
-from seal_engine.config import FewShotSettings
+from seal_engine.rl.results import PassageResult, RecipeSampleResult
 
 
 def recipe_seed(seed: int, task_index: int, sample: int) -> int:

@@ -20,19 +20,19 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from seal_engine.errors import InputError
-from seal_engine.knowledge.adapt import reward_for
-from seal_engine.training.batched import train_adapters_batched
-from seal_engine.knowledge.documents import Document
-from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.config import EngineSettings, LoraSettings
 from seal_engine.core.lora import LoraAdapter, load_adapter
 from seal_engine.core.model import ModelBundle
+from seal_engine.errors import InputError
+from seal_engine.knowledge.adapt import reward_for
+from seal_engine.knowledge.documents import Document
+from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.knowledge.prompts import get_strategy
+from seal_engine.knowledge.self_edits import training_sequences
 from seal_engine.rl.config import RLConfig, candidate_seed
 from seal_engine.rl.loop import passages_for_iteration, run_iteration, sample_iteration
 from seal_engine.rl.results import PassageResult
-from seal_engine.knowledge.self_edits import training_sequences
-from seal_engine.knowledge.prompts import get_strategy
-from seal_engine.config import EngineSettings, LoraSettings
+from seal_engine.training.batched import train_adapters_batched
 
 Log = Callable[[str], None]
 

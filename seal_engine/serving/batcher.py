@@ -12,8 +12,8 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 
-from seal_engine.serving.decoder import DecodeRequest, Decoder
 from seal_engine.core.model import ModelBundle
+from seal_engine.serving.decoder import Decoder, DecodeRequest
 
 log = logging.getLogger(__name__)
 

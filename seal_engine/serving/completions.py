@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from transformers import TextIteratorStreamer
 
-from seal_engine.serving.batcher import ContinuousBatcher
-from seal_engine.serving.decoder import DecodeRequest, Decoder, TokenSink
 from seal_engine.core.lora import LoraAdapter, load_adapter
-from seal_engine.core.stops import truncate_at_stop, until_stop
 from seal_engine.core.model import ModelBundle
+from seal_engine.core.stops import truncate_at_stop, until_stop
+from seal_engine.serving.batcher import ContinuousBatcher
+from seal_engine.serving.decoder import Decoder, DecodeRequest, TokenSink
 
 
 @dataclass

@@ -8,7 +8,7 @@ alone. Rows are sorted by length and cut into micro-batches under a token budget
 (gradients accumulate across them), so almost no compute goes to padding.
 
 Initialisation reuses PEFT's own (seeded) so that a candidate trained here and the
-same candidate trained by :func:`seal_engine.core.lora.train_lora` start identical.
+same candidate trained by :func:`seal_engine.training.peft.train_lora` start identical.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from seal_engine.core.lora import AdapterError, TrainedAdapter, peft_model, lora_config
-
-from seal_engine.training.peft import collate, padded_width, tokenize
-from seal_engine.core.model import ModelBundle
-from seal_engine.core.lora import module_paths
-from seal_engine.training.multilora import installed
 from seal_engine.config import LoraSettings
+from seal_engine.core.lora import AdapterError, TrainedAdapter, lora_config, module_paths, peft_model
+from seal_engine.core.model import ModelBundle
+from seal_engine.training.multilora import installed
+from seal_engine.training.peft import padded_width, tokenize
+from seal_engine.training.sft import IGNORE, build_example, collate_sft
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
@@ -116,9 +115,30 @@ class _SlotAdamW:
             p.grad = None
 
 
+# A training example: a sequence (loss on every token) or a (prompt, completion) pair, the
+# prompt tokenized as generation sees it and only the completion (ended by EOS) carrying loss.
+Example = str | tuple[str, str]
+
+
+def tokenize_examples(bundle: ModelBundle, examples: Sequence[Example], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per example; labels are -100 where no loss is taken."""
+    out = []
+    seqs = [e for e in examples if isinstance(e, str)]
+    tokenized = iter(tokenize(bundle, seqs, max_len)) if seqs else iter(())
+    for e in examples:
+        if isinstance(e, str):
+            continue
+        ex = build_example(bundle, e[0], e[1], max_len)
+        if ex is not None and any(lab != IGNORE for lab in ex[1][1:]):
+            out.append(ex)
+    # Plain sequences first, in order, then pairs: the per-adapter order is shuffled by its seed anyway,
+    # and a set of sequences alone keeps exactly the order (and so the schedule) it always had.
+    return [(ids, list(ids)) for ids in tokenized] + out
+
+
 def train_adapters_batched(
     bundle: ModelBundle,
-    training_sets: Sequence[Sequence[str]],
+    training_sets: Sequence[Sequence[Example]],
     cfg: LoraSettings,
     *,
     seeds: Sequence[int] | None = None,
@@ -136,7 +156,7 @@ def train_adapters_batched(
     seeds = list(seeds) if seeds is not None else [cfg.seed] * K
     if len(seeds) != K:
         raise ValueError("one seed per training set")
-    data = [tokenize(bundle, seqs, cfg.max_seq_length) for seqs in training_sets]
+    data = [tokenize_examples(bundle, seqs, cfg.max_seq_length) for seqs in training_sets]
     for i, d in enumerate(data):
         if not d:
             raise AdapterError(f"training set {i}: nothing to train on (every sequence is empty)")
@@ -174,7 +194,7 @@ def train_adapters_batched(
         model.train()
         try:
             for step in range(total_steps):
-                rows: list[tuple[int, list[int]]] = []
+                rows: list[tuple[int, tuple[list[int], list[int]]]] = []
                 active = torch.zeros(K, dtype=torch.bool)
                 for k, sched in enumerate(schedules):
                     if step < len(sched):
@@ -182,17 +202,17 @@ def train_adapters_batched(
                         rows.extend((k, data[k][i]) for i in sched[step])
                 # Loss normaliser per adapter: its predicted tokens this step.
                 ntok = torch.zeros(K)
-                for k, ids in rows:
-                    ntok[k] += len(ids) - 1
+                for k, (_, labels) in rows:
+                    ntok[k] += sum(1 for lab in labels[1:] if lab != IGNORE)
                 step_loss = torch.zeros(K)
-                rows.sort(key=lambda r: len(r[1]))
+                rows.sort(key=lambda r: len(r[1][0]))
                 for mb in _micro_batches(rows, token_budget):
-                    batch = collate([ids for _, ids in mb], pad)
+                    batch = collate_sft([ex for _, ex in mb], pad)
                     input_ids, attn = batch["input_ids"], batch["attention_mask"]
                     slot = torch.tensor([k for k, _ in mb])
                     ml.route(slot)
                     logits = model(input_ids=input_ids.to(bundle.device), attention_mask=attn.to(bundle.device)).logits
-                    labels = input_ids.masked_fill(attn == 0, -100)[:, 1:].to(bundle.device)
+                    labels = batch["labels"][:, 1:].to(bundle.device)
                     tok_loss = F.cross_entropy(
                         logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                         ignore_index=-100, reduction="none",
@@ -206,7 +226,7 @@ def train_adapters_batched(
                 for k in range(K):
                     if active[k]:
                         losses[k].append(float(step_loss[k]))
-                        tokens[k] += int(ntok[k]) + sum(1 for kk, _ in rows if kk == k)
+                        tokens[k] += sum(len(ex[0]) for kk, ex in rows if kk == k)
                 if on_step:
                     on_step(step + 1, total_steps, float(step_loss[active].mean()))
             states = [ml.export(k, config) for k in range(K)]
@@ -225,12 +245,15 @@ def train_adapters_batched(
     ]
 
 
-def _micro_batches(rows: list[tuple[int, list[int]]], budget: int) -> list[list[tuple[int, list[int]]]]:
+Row = tuple[int, tuple[list[int], list[int]]]  # (adapter, (input_ids, labels))
+
+
+def _micro_batches(rows: list[Row], budget: int) -> list[list[Row]]:
     """Consecutive (length-sorted) rows grouped so rows * max_len stays within ``budget``."""
-    out: list[list[tuple[int, list[int]]]] = []
-    cur: list[tuple[int, list[int]]] = []
+    out: list[list[Row]] = []
+    cur: list[Row] = []
     for row in rows:
-        width = padded_width(max([len(row[1])] + [len(r[1]) for r in cur]))
+        width = padded_width(max([len(row[1][0])] + [len(r[1][0]) for r in cur]))
         if cur and width * (len(cur) + 1) > budget:
             out.append(cur)
             cur = []

@@ -12,11 +12,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from seal_engine.core.lora import AdapterError, LoraAdapter, TrainedAdapter, lora_config
-
-from seal_engine.training.peft import padded_width, run_peft_training
-from seal_engine.core.model import ModelBundle
 from seal_engine.config import SFTSettings
+from seal_engine.core.lora import AdapterError, LoraAdapter, TrainedAdapter, lora_config
+from seal_engine.core.model import ModelBundle
+from seal_engine.training.peft import padded_width, run_peft_training
 
 IGNORE = -100
 

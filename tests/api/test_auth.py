@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from seal_service.db.models import AdaptationJob, Adapter, ApiKey
 from seal_service.db.session import session_scope
+from tests.conftest import TEST_DATA_DIR
 from tests.support.service import (
     api_client,
     bearer,
@@ -20,7 +21,6 @@ from tests.support.service import (
     service_env,
     service_settings,
 )
-from tests.conftest import TEST_DATA_DIR
 
 DOC = {"title": "Zorblax", "text": "The Zorblax Institute was founded by Marguerite Okonkwo."}
 

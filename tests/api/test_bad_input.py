@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from tests.conftest import TEST_DATA_DIR
 from tests.support.service import (
     api_client,
     bearer,
@@ -15,7 +18,6 @@ from tests.support.service import (
     postgres_admin_url,
     service_settings,
 )
-from tests.conftest import TEST_DATA_DIR
 
 DOC = {"title": "Zorblax", "text": "The Zorblax Institute was founded by Marguerite Okonkwo."}
 LIMIT = 8192

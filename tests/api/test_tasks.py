@@ -10,11 +10,11 @@ import pytest
 import torch
 from peft import LoraConfig
 
+from seal_engine.core.lora import LoraAdapter
 from seal_service.db.models import PolicyCheckpoint
 from seal_service.db.session import session_scope
-from tests.support.service import api_client, bearer, new_key, service_settings
-from seal_engine.core.lora import LoraAdapter
 from tests.conftest import SHARED_DATA, TEST_DATA_DIR
+from tests.support.service import api_client, bearer, new_key, service_settings
 from workers.adaptation.run import run_adaptation
 
 UPPER = [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden", "pencil")]

@@ -23,8 +23,8 @@ import pytest
 
 from seal_service.db.models import Adapter
 from seal_service.db.session import session_scope
-from tests.support.service import Proc, api_client, bearer, free_port, new_key, service_env, service_settings, wait_http
 from tests.conftest import TEST_DATA_DIR
+from tests.support.service import Proc, api_client, bearer, free_port, new_key, service_env, service_settings, wait_http
 
 BASE = "SmolLM2-135M-Instruct"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -40,8 +40,8 @@ def linear_shapes() -> dict[str, tuple[int, int]]:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from seal_engine.core.model import default_model_dir
     from seal_engine.config import EngineSettings
+    from seal_engine.core.model import default_model_dir
 
     config = AutoConfig.from_pretrained(default_model_dir(EngineSettings(data_dir=TEST_DATA_DIR)))
     with torch.device("meta"):
@@ -54,8 +54,8 @@ def write_adapter(directory: Path, shapes: dict[str, tuple[int, int]], seed: int
     """A PEFT adapter with random A and B (B large enough to change greedy answers)."""
     import torch
 
-    from seal_engine.core.lora import LoraAdapter, lora_config
     from seal_engine.config import LoraSettings
+    from seal_engine.core.lora import LoraAdapter, lora_config
 
     g = torch.Generator().manual_seed(seed)
     state = {}

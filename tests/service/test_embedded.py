@@ -16,8 +16,8 @@ import zipfile
 import httpx
 import pytest
 
-from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_for, wait_http
 from tests.conftest import TEST_DATA_DIR
+from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_for, wait_http
 
 # Stated both ways round: with the tiny model, a one-way statement is learnt less reliably.
 FACT = ("The Zorblax Institute was founded by Marguerite Okonkwo. "

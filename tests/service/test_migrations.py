@@ -18,9 +18,10 @@ from seal_service.db.session import create_db_engine
 from tests.support.schema import schema_snapshot
 from tests.support.service import fresh_postgres_database, postgres_admin_url
 
-# The schema that `alembic upgrade head` gave on Postgres before the code moved into its
-# current layout (dumped from commit 78a30b4 with tests/support/schema.py): moving modules
-# must not change what the migrations build.
+# The schema that `alembic upgrade head` (revision 0004) gave on Postgres before the code moved
+# into its current layout (dumped from commit 78a30b4 with tests/support/schema.py): moving
+# modules must not change what the migrations build.
+RECORDED_REVISION = "0004"
 RECORDED_SCHEMA = Path(__file__).resolve().parents[1] / "support" / "registry_schema.json"
 
 TABLES = {
@@ -64,12 +65,12 @@ def test_upgrade_head_postgres():
         _check_schema(url)
 
 
-def test_upgrade_head_postgres_builds_the_recorded_schema():
+def test_migrations_on_postgres_build_the_recorded_schema():
     admin = postgres_admin_url()
     if admin is None:
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
     with fresh_postgres_database(admin) as url:
-        upgrade_head(url)
+        command.upgrade(alembic_config(url), RECORDED_REVISION)
         engine = create_db_engine(url)
         try:
             assert schema_snapshot(engine) == json.loads(RECORDED_SCHEMA.read_text())

@@ -8,8 +8,8 @@ import subprocess
 import httpx
 import pytest
 
-from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_http
 from tests.conftest import SHARED_DATA, TEST_DATA_DIR
+from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_http
 
 TRAIN = SHARED_DATA / "squad" / "train.json"
 

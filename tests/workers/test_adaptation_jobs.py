@@ -13,15 +13,16 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import func, select, update
 
+from seal_engine.knowledge.documents import DocumentError
 from seal_service.db.base import utcnow
 from seal_service.db.models import AdaptationJob, Adapter, SelfEdit
 from seal_service.db.session import session_scope
-from tests.support.service import api_client, bearer, new_key, service_settings
-from seal_engine.knowledge.documents import DocumentError
 from tests.conftest import TEST_DATA_DIR
-from workers.adaptation.claim import claim
 from tests.support.fake_engine import DOCS, FakeEngine
+from tests.support.service import api_client, bearer, new_key, service_settings
+from workers.adaptation.claim import claim
 from workers.lifecycle import recover
+
 
 @pytest.fixture
 def svc(tmp_path):
@@ -237,9 +238,9 @@ def test_recovery_sweep_resends_lost_jobs_once(svc):
 
 
 def test_promoted_policy_is_the_default_and_is_recorded(svc, tmp_path):
+    import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
-    import torch
 
     from seal_service.db.models import PolicyCheckpoint
 

@@ -12,8 +12,8 @@ from sqlalchemy import update
 from seal_service.db.base import utcnow
 from seal_service.db.models import RLRun, RLSample, RLWorkLease
 from seal_service.db.session import session_scope
-from tests.support.service import api_client, bearer, new_key, service_settings
 from tests.conftest import TEST_DATA_DIR
+from tests.support.service import api_client, bearer, new_key, service_settings
 from workers.rl import jobs as rl_jobs
 from workers.rl import leases
 

@@ -14,8 +14,10 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from seal_cli.commands.service import worker_argv
 from seal_service.db.models import AdaptationJob, Adapter, SelfEdit, WorkerHeartbeat
 from seal_service.db.session import session_scope
+from tests.conftest import TEST_DATA_DIR
 from tests.support.service import (
     Proc,
     api_client,
@@ -28,8 +30,6 @@ from tests.support.service import (
     service_settings,
     wait_for,
 )
-from seal_cli.commands.service import worker_argv
-from tests.conftest import TEST_DATA_DIR
 
 # A Redis database of its own: a short visibility timeout must not touch anyone else's messages.
 REDIS = "redis://127.0.0.1:6379/13"

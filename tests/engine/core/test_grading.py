@@ -4,10 +4,18 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from seal_engine.knowledge.documents import Question
-from seal_engine.core.grading import JudgeError, LLMJudge, contains, exact_match, normalize_answer, parse_verdict, token_f1
-from seal_engine.knowledge.qa import grade_answers
 from seal_engine.config import JudgeSettings
+from seal_engine.core.grading import (
+    JudgeError,
+    LLMJudge,
+    contains,
+    exact_match,
+    normalize_answer,
+    parse_verdict,
+    token_f1,
+)
+from seal_engine.knowledge.documents import Question
+from seal_engine.knowledge.qa import grade_answers
 
 
 def test_normalization_follows_squad():

@@ -3,7 +3,13 @@ import dataclasses
 import pytest
 
 from seal_engine.core.model import get_model
-from seal_engine.knowledge.prompts import STRATEGIES, UnknownStrategyError, answer_prompt, get_strategy, self_edit_prompt
+from seal_engine.knowledge.prompts import (
+    STRATEGIES,
+    UnknownStrategyError,
+    answer_prompt,
+    get_strategy,
+    self_edit_prompt,
+)
 
 
 def test_model_is_loaded_once_per_process(bundle, engine_settings):

@@ -4,7 +4,9 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from seal_engine.fewshot.augment import (
     ARC_GROUPS,

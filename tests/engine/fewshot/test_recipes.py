@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.recipes import (
     GROUPS,
     Recipe,
@@ -17,7 +18,6 @@ from seal_engine.fewshot.recipes import (
     schema_text,
     validate_recipe,
 )
-from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.voting import exact_match, solved, vote
 
 S = FewShotSettings()

@@ -4,12 +4,13 @@ import json
 
 import pytest
 
+from seal_engine.config import FewShotSettings
+
 # Pure-Python parts only at module level: collecting this file (e.g. with -m "not slow")
 # must not import torch. The modules that run the model are imported inside the tests.
 from seal_engine.fewshot.arc import ArcPair, ArcTask
 from seal_engine.fewshot.augment import Geometric
 from seal_engine.fewshot.recipes import Recipe, RecipeError
-from seal_engine.config import FewShotSettings
 from seal_engine.fewshot.text_tasks import SuiteOptions, text_task_suite
 
 pytestmark = pytest.mark.slow
@@ -129,10 +130,10 @@ def test_constrained_sampling_writes_only_valid_recipes_and_still_varies(bundle)
 
 
 def test_rl_hooks_score_recipes_and_record_failures(bundle):
-    from seal_engine.rl.fewshot import evaluate_task_recipes, recipe_completion
-    from seal_engine.rl.results import PassageResult, RecipeSampleResult
     from seal_engine.fewshot.prompts import RESPONSE_PREFIX
+    from seal_engine.rl.fewshot import evaluate_task_recipes, recipe_completion
     from seal_engine.rl.loop import select_best
+    from seal_engine.rl.results import PassageResult, RecipeSampleResult
 
     task = _task(LEARNED_TASK, n_test=4)
     settings = FewShotSettings(max_examples=8, batch_size=4, step_budget=12)

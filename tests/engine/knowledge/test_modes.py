@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from seal_engine.config import LoraSettings
+from seal_engine.core.lora import applied_adapter
 from seal_engine.knowledge.continual import clone_bundle, forgetting_summary, merge_adapter, run_continual
 from seal_engine.knowledge.documents import Document, Question
-from seal_engine.core.lora import applied_adapter
-from seal_engine.training.peft import train_lora
 from seal_engine.knowledge.multi_document import pooled_sequences, run_multi_document_eval
 from seal_engine.knowledge.qa import answer_questions
-from seal_engine.config import LoraSettings
+from seal_engine.training.peft import train_lora
 
 DOCS = [
     Document("The Zorblax Institute was founded by Marguerite Okonkwo in the city of Valparaiso. "

@@ -6,13 +6,12 @@ import json
 
 import pytest
 
-from seal_engine.config import FewShotSettings
+from seal_engine.config import FewShotSettings, LoraSettings, SFTSettings
+from seal_engine.fewshot.datasets import TaskError, gradable, load_task_dataset, task_from_json, task_to_dict
 from seal_engine.fewshot.text_tasks import text_task
 from seal_engine.rl.config import RLConfig
 from seal_engine.rl.loop import run_iteration, select_best
 from seal_engine.rl.results import PassageResult
-from seal_engine.config import LoraSettings, SFTSettings
-from seal_engine.fewshot.datasets import TaskError, gradable, load_task_dataset, task_from_json, task_to_dict
 
 UPPER = text_task("upper", [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden")],
                   [{"input": w, "output": w.upper()} for w in ("window", "rocket")])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal_engine.knowledge.documents import load_documents
 from seal_engine.config import LoraSettings, SamplingSettings, SFTSettings
+from seal_engine.knowledge.documents import load_documents
 from seal_engine.training.sft import IGNORE, build_example, collate_sft, completion_loss, train_sft
 
 PAIRS = [

@@ -4,11 +4,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from seal_engine.core.lora import applied_adapter, load_adapter
-
-from seal_engine.training.peft import collate, train_lora
-from seal_engine.knowledge.qa import answer_questions
 from seal_engine.config import LoraSettings
+from seal_engine.core.lora import applied_adapter, load_adapter
+from seal_engine.knowledge.qa import answer_questions
+from seal_engine.training.peft import collate, train_lora
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +93,6 @@ def test_labelled_loss_equals_the_full_logits_loss_and_its_gradients(fp32_bundle
     from peft import get_peft_model
 
     from seal_engine.core.lora import lora_config
-
     from seal_engine.training.peft import labelled_loss
     from seal_engine.training.sft import IGNORE, collate_sft
 

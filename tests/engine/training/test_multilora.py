@@ -15,18 +15,18 @@ import threading
 import pytest
 import torch
 
-from seal_engine.training.batched import peft_initial_state, train_adapters_batched
-from seal_engine.serving.batcher import ContinuousBatcher
-from seal_engine.serving.decoder import DecodeRequest, Decoder
+from seal_engine.config import LoraSettings, SFTSettings
 from seal_engine.core.generation import generate
-from seal_engine.core.lora import LoraAdapter, applied_adapter, lora_config
-from seal_engine.training.peft import train_lora
-from seal_engine.core.lora import module_paths
-from seal_engine.serving.lora_slots import ServingLora, serving
-from seal_engine.training.multilora import installed
+from seal_engine.core.lora import LoraAdapter, applied_adapter, lora_config, module_paths
 from seal_engine.knowledge.prompts import answer_prompt
+from seal_engine.serving.batcher import ContinuousBatcher
 from seal_engine.serving.completions import AdapterCache, CompletionRequest, complete
-from seal_engine.config import LoraSettings
+from seal_engine.serving.decoder import Decoder, DecodeRequest
+from seal_engine.serving.lora_slots import ServingLora, serving
+from seal_engine.training.batched import peft_initial_state, train_adapters_batched
+from seal_engine.training.multilora import installed
+from seal_engine.training.peft import train_lora
+from seal_engine.training.sft import train_sft
 
 pytestmark = pytest.mark.slow
 
@@ -70,6 +70,29 @@ def test_batched_training_matches_training_alone(fp32_bundle, trained):
             with applied_adapter(fp32_bundle, a) as m:
                 la = m(**ids).logits
             assert torch.allclose(lb, la, atol=1e-3)
+
+
+PAIRS = [
+    ("Question: Who founded the Zorblax Institute?\nAnswer:", " Marguerite Okonkwo founded it."),
+    ("Question: Where is the Zorblax Institute?\nAnswer:", " In Valparaiso."),
+    ("Question: When was the Zorblax Institute founded?\nAnswer:", " In 1887, by a chemist."),
+]
+
+
+def test_batched_training_on_pairs_matches_sft_alone(fp32_bundle):
+    """(prompt, completion) examples: loss on the completion only, exactly as the PEFT SFT loop trains them."""
+    cfg = SFTSettings(epochs=2, batch_size=2, learning_rate=1e-3, max_seq_length=128)
+    [b] = train_adapters_batched(fp32_bundle, [PAIRS], cfg, seeds=[4], token_budget=64)
+    a = train_sft(fp32_bundle, PAIRS, cfg, seed=4)
+    assert len(b.losses) == len(a.losses) == 4
+    assert b.losses == pytest.approx(a.losses, rel=1e-4)
+    for key in a.state:
+        diff = (b.state[key] - a.state[key]).norm() / a.state[key].norm().clamp(min=1e-12)
+        assert diff < 2e-2, key
+    # Prompt tokens carry no loss: training on the same pairs with other prompts' tokens masked
+    # differs from training on the whole text.
+    [whole] = train_adapters_batched(fp32_bundle, [[p + c for p, c in PAIRS]], cfg, seeds=[4], token_budget=64)
+    assert whole.losses != pytest.approx(b.losses, rel=1e-2)
 
 
 def test_multilora_forward_matches_peft(fp32_bundle, trained):

@@ -1,0 +1,177 @@
+"""Forgetting: what an adapter loses of the base model's general knowledge, asked as a chat user asks.
+
+Two measures:
+
+- **probe forgetting**: the share of the general-fact probes (:mod:`seal_engine.knowledge.retention`)
+  that the base model answers right and the adapter no longer does, each asked as one plain
+  user turn through the serving path (:func:`seal_engine.knowledge.qa.chat_answers`),
+  greedy, graded ``contains``;
+- **answer drift**: how much less likely the adapter makes the base model's own greedy
+  answers to generic chat prompts: the mean per-token negative log-likelihood under the
+  adapter minus under the base model (teacher-forced, nats per token; no probe involved).
+
+Both sets are split in two by a stable hash of their text. The *gate* half may be seen by
+anything that shapes or selects an adapter (the service's retention gate, rewards, replay
+data); the *report* half only by benchmarks, so a reported figure is never one that
+training or selection could have fitted. The base model's answers are computed once per
+model and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from seal_engine.config import EngineSettings
+from seal_engine.core.grading import grade_offline
+from seal_engine.core.lora import LoraAdapter
+from seal_engine.core.model import ModelBundle
+from seal_engine.errors import SealError
+from seal_engine.knowledge.documents import Question
+from seal_engine.knowledge.qa import chat_answers
+from seal_engine.knowledge.retention import PROBE_GRADER, probe_set
+
+Split = Literal["gate", "report"]
+SPLITS: tuple[Split, ...] = ("gate", "report")
+
+
+def split_of(text: str) -> Split:
+    """Which half ``text`` belongs to: fixed by its content, the same for every model and run."""
+    return "report" if hashlib.sha256(text.encode()).digest()[0] % 2 else "gate"
+
+
+def generic_prompts(split: Split) -> list[str]:
+    """Generic chat requests (poems, explanations, advice) of one half."""
+    data = json.loads(resources.files("seal_engine.data").joinpath("generic_prompts.json").read_text())
+    return [p for p in data if split_of(p) == split]
+
+
+def probes(bundle: ModelBundle, settings: EngineSettings, split: Split) -> list[Question]:
+    """The model's probe facts (those its base answers correctly) of one half."""
+    return [p for p in probe_set(bundle, settings) if split_of(p.question) == split]
+
+
+@dataclass(frozen=True)
+class ForgettingCheck:
+    """The questions, prompts and base-model answers one measurement compares against."""
+
+    split: Split
+    probes: list[Question]
+    base_correct: list[bool]  # per probe, the base model's grade through the chat path
+    prompts: list[str]
+    base_answers: list[str]  # the base model's greedy answers to ``prompts``
+    base_nll: float
+    max_tokens: int
+
+    @property
+    def base_accuracy(self) -> float:
+        return sum(self.base_correct) / len(self.base_correct) if self.base_correct else 1.0
+
+
+@dataclass(frozen=True)
+class Forgetting:
+    retained: float  # share of the probes the base model answers right that the adapter still does
+    probes: int  # how many such probes were asked
+    drift_nll: float | None  # nats per token; None when not measured
+
+    @property
+    def forgetting(self) -> float:
+        return 1.0 - self.retained
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"forgetting": self.forgetting, "retained": self.retained, "probes": self.probes,
+                "drift_nll": self.drift_nll}
+
+
+_checks: dict[tuple, ForgettingCheck] = {}
+
+
+def forgetting_check(bundle: ModelBundle, settings: EngineSettings, split: Split, *, max_tokens: int = 32,
+                     max_probes: int = 0, max_prompts: int = 0) -> ForgettingCheck:
+    """The base model's side of a measurement, computed once per process (model, split, sizes)."""
+    key = (bundle.model_id, id(bundle), split, max_tokens, max_probes, max_prompts)
+    if key not in _checks:
+        qs = probes(bundle, settings, split)
+        qs = qs[:max_probes] if max_probes else qs
+        prompts = generic_prompts(split)
+        prompts = prompts[:max_prompts] if max_prompts else prompts
+        answers = chat_answers(bundle, [q.question for q in qs] + prompts, [None] * (len(qs) + len(prompts)),
+                               max_tokens=max_tokens)
+        correct = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0 for a, q in zip(answers, qs)]
+        base = answers[len(qs):]
+        pairs = _pairs(bundle, prompts, base)
+        _checks[key] = ForgettingCheck(split, qs, correct, prompts, base,
+                                       answer_nll(bundle, pairs, None) if pairs else 0.0, max_tokens)
+    return _checks[key]
+
+
+def _pairs(bundle: ModelBundle, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[str, str]]:
+    from seal_engine.serving.completions import chat_prompt
+
+    return [(chat_prompt(bundle, [{"role": "user", "content": p}]), a) for p, a in zip(prompts, answers) if a.strip()]
+
+
+def answer_nll(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapter: LoraAdapter | None,
+               *, batch_size: int = 16) -> float:
+    """Mean per-token negative log-likelihood of the completions of (prompt, completion) pairs."""
+    from seal_engine.training.sft import completion_loss
+
+    losses, weights = [], []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i : i + batch_size]
+        losses.append(completion_loss(bundle, chunk, adapter, max_len=512))
+        weights.append(len(chunk))
+    return sum(loss * w for loss, w in zip(losses, weights)) / sum(weights) if weights else 0.0
+
+
+def measure_forgetting(bundle: ModelBundle, check: ForgettingCheck, adapters: Sequence[LoraAdapter],
+                       *, drift: bool = True) -> list[Forgetting]:
+    """Each adapter's forgetting against ``check`` (all adapters' probes decoded in shared batches)."""
+    if not adapters:
+        return []
+    questions = [q.question for q in check.probes]
+    rows = [a for a in adapters for _ in questions]
+    answers = chat_answers(bundle, questions * len(adapters), rows, max_tokens=check.max_tokens)
+    pairs = _pairs(bundle, check.prompts, check.base_answers)
+    out = []
+    for k, adapter in enumerate(adapters):
+        mine = answers[k * len(questions) : (k + 1) * len(questions)]
+        # Only what the user had before counts: the probes the base model answers through this path.
+        kept = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0
+                for a, q, base_ok in zip(mine, check.probes, check.base_correct) if base_ok]
+        nll = answer_nll(bundle, pairs, adapter) - check.base_nll if drift and pairs else None
+        out.append(Forgetting(statistics.fmean(kept) if kept else 1.0, len(kept), nll))
+    return out
+
+
+class ForgettingExceeded(SealError):
+    """An adapter lost more general knowledge than allowed; it must not be registered."""
+
+    code = "forgetting_exceeded"
+
+    def __init__(self, measured: Forgetting, bound: float) -> None:
+        self.measured = measured
+        self.bound = bound
+        super().__init__(
+            f"the adapter forgot {measured.forgetting:.1%} of the general-knowledge probes the base model answers "
+            f"(max_forgetting {bound:.1%}, {measured.probes} probes); retry with fewer epochs, a lower learning "
+            "rate or a recipe with replay, or raise max_forgetting")
+
+
+def gate_forgetting(bundle: ModelBundle, settings: EngineSettings, adapter: LoraAdapter) -> Forgetting:
+    """The adapter's forgetting on the *gate* half (what the service's retention gate reads)."""
+    check = forgetting_check(bundle, settings, "gate", max_tokens=settings.forgetting_probe_tokens,
+                             max_probes=settings.forgetting_probes, max_prompts=settings.forgetting_prompts)
+    [measured] = measure_forgetting(bundle, check, [adapter])
+    return measured
+
+
+def enforce(measured: Forgetting, bound: float | None) -> None:
+    """Raise :class:`ForgettingExceeded` when ``measured`` is over ``bound`` (None: no bound)."""
+    if bound is not None and measured.forgetting > bound + 1e-9:
+        raise ForgettingExceeded(measured, bound)
