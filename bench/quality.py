@@ -58,6 +58,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "passage-chat-replay": {"strategy": "passage", "k": 1, "training_format": "chat", "replay": 32},
     "selfqa-chat": {"strategy": "self-qa", "k": 1, "training_format": "chat"},
     "selfqa-chat-replay": {"strategy": "self-qa", "k": 1, "training_format": "chat", "replay": 32},
+    # Knobs on the chat form of the passage (no sampling: seconds per document stay small).
+    "passage-chat-e3": {"strategy": "passage", "k": 1, "training_format": "chat", "lora": {"epochs": 3}},
+    "passage-chat-lr3e-4": {"strategy": "passage", "k": 1, "training_format": "chat", "lora": {"learning_rate": 3e-4}},
+    "passage-chat-r4": {"strategy": "passage", "k": 1, "training_format": "chat", "lora": {"rank": 4, "alpha": 8}},
+    "passage-chat-replay8": {"strategy": "passage", "k": 1, "training_format": "chat", "replay": 8},
     "selfqa-chat-replay-lr3e-4": {"strategy": "self-qa", "k": 1, "training_format": "chat", "replay": 32,
                                   "lora": {"learning_rate": 3e-4}},
     "selfqa-chat-replay-e5": {"strategy": "self-qa", "k": 1, "training_format": "chat", "replay": 32,
@@ -167,24 +172,30 @@ def main() -> None:
     ap.add_argument("--read-tokens", type=int, default=128, help="reply length graded as a user reads it")
     ap.add_argument("--short-tokens", type=int, default=32, help="the shorter grading length, reported beside it")
     ap.add_argument("--probe-tokens", type=int, default=48, help="reply length of the forgetting probes")
+    ap.add_argument("--probes", type=int, default=0, help="report probes asked per adapter (0: the whole half)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="print the table of what OUT holds; train nothing")
     args = ap.parse_args()
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     if unknown := [r for r in recipes if r not in RECIPES]:
         ap.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
 
+    store = args.out / "results.jsonl"
+    if args.report_only:
+        rows = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
+        print_table(summarize(rows, recipes), args.short_tokens, args.read_tokens)
+        return
     settings = EngineSettings()
     bundle = get_model(settings)
     docs = select_passages(load_documents(args.data), args.passages)
     args.out.mkdir(parents=True, exist_ok=True)
-    store = args.out / "results.jsonl"
-    identity = {k: getattr(args, k) for k in ("read_tokens", "short_tokens", "probe_tokens", "seed")}
+    identity = {k: getattr(args, k) for k in ("read_tokens", "short_tokens", "probe_tokens", "probes", "seed")}
     identity.update(model=bundle.model_id, dtype=str(bundle.dtype) if hasattr(bundle, "dtype") else None,
                     lora=settings.lora.model_dump(exclude=set(settings.lora.EXECUTION_ONLY)))
     rows = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
     rows = [r for r in rows if r.get("identity") == identity]
     done = {(r["recipe"], r["title"], r["passage"]) for r in rows}
-    check = forgetting_check(bundle, settings, "report", max_tokens=args.probe_tokens)
+    check = forgetting_check(bundle, settings, "report", max_tokens=args.probe_tokens, max_probes=args.probes)
     print(f"{bundle.model_id} on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; report probes {len(check.probes)} "
           f"(base right on {sum(check.base_correct)}), report prompts {len(check.prompts)}", flush=True)
