@@ -190,7 +190,7 @@ def main() -> None:
     docs = select_passages(load_documents(args.data), args.passages)
     args.out.mkdir(parents=True, exist_ok=True)
     identity = {k: getattr(args, k) for k in ("read_tokens", "short_tokens", "probe_tokens", "probes", "seed")}
-    identity.update(model=bundle.model_id, dtype=str(bundle.dtype) if hasattr(bundle, "dtype") else None,
+    identity.update(model=bundle.model_id, dtype=str(bundle.dtype),
                     lora=settings.lora.model_dump(exclude=set(settings.lora.EXECUTION_ONLY)))
     rows = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
     rows = [r for r in rows if r.get("identity") == identity]
@@ -198,7 +198,7 @@ def main() -> None:
     check = forgetting_check(bundle, settings, "report", max_tokens=args.probe_tokens, max_probes=args.probes)
     print(f"{bundle.model_id} on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; report probes {len(check.probes)} "
-          f"(base right on {sum(check.base_correct)}), report prompts {len(check.prompts)}", flush=True)
+          f"(base right on {sum(check.base_correct)}), report prompts {len(check.replies)}", flush=True)
     for i, doc in enumerate(docs):
         todo = [r for r in recipes if (r, doc.title, i) not in done]
         if not todo:

@@ -32,9 +32,10 @@ def one_line(e: BaseException) -> str:
     """The error's message on one line; a ValidationError as ``invalid settings: field: msg; ...``."""
     from pydantic import ValidationError
 
+    from seal_engine.config import describe_invalid
+
     if isinstance(e, ValidationError):
-        parts = [f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()]
-        return "invalid settings: " + "; ".join(parts)
+        return describe_invalid(e)
     return " ".join(str(e).split())
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "SmolLM2-135M-Instruct"
@@ -194,3 +194,8 @@ class EngineSettings(BaseSettings):
     @property
     def model_id(self) -> str:
         return self.model_path.name if self.model_path else DEFAULT_MODEL_ID
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """Invalid settings on one line a user can act on: ``invalid settings: field: msg; ...``."""
+    return "invalid settings: " + "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in error.errors())

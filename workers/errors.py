@@ -23,9 +23,10 @@ def readable(exc: BaseException) -> str:
     """One line a user can act on."""
     from pydantic import ValidationError
 
+    from seal_engine.config import describe_invalid
+
     if isinstance(exc, ValidationError):
-        msg = "invalid settings: " + "; ".join(
-            f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        msg = describe_invalid(exc)
     elif isinstance(exc, SealError):
         msg = str(exc)
     elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():

@@ -32,6 +32,7 @@ from seal_engine.core.grading import grade_offline
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
 from seal_engine.errors import SealError
+from seal_engine.knowledge.chat_format import user_turn
 from seal_engine.knowledge.documents import Question
 from seal_engine.knowledge.qa import chat_answers
 from seal_engine.knowledge.retention import PROBE_GRADER, probe_set
@@ -63,14 +64,9 @@ class ForgettingCheck:
     split: Split
     probes: list[Question]
     base_correct: list[bool]  # per probe, the base model's grade through the chat path
-    prompts: list[str]
-    base_answers: list[str]  # the base model's greedy answers to ``prompts``
-    base_nll: float
+    replies: list[tuple[str, str]]  # (rendered user turn, the base model's greedy reply) per generic prompt
+    base_nll: float  # per token, of ``replies`` under the base model
     max_tokens: int
-
-    @property
-    def base_accuracy(self) -> float:
-        return sum(self.base_correct) / len(self.base_correct) if self.base_correct else 1.0
 
 
 @dataclass(frozen=True)
@@ -103,30 +99,25 @@ def forgetting_check(bundle: ModelBundle, settings: EngineSettings, split: Split
         answers = chat_answers(bundle, [q.question for q in qs] + prompts, [None] * (len(qs) + len(prompts)),
                                max_tokens=max_tokens)
         correct = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0 for a, q in zip(answers, qs)]
-        base = answers[len(qs):]
-        pairs = _pairs(bundle, prompts, base)
-        _checks[key] = ForgettingCheck(split, qs, correct, prompts, base,
-                                       answer_nll(bundle, pairs, None) if pairs else 0.0, max_tokens)
+        replies = [(user_turn(bundle, p), a) for p, a in zip(prompts, answers[len(qs):]) if a.strip()]
+        _checks[key] = ForgettingCheck(split, qs, correct, replies, answer_nll(bundle, replies, None), max_tokens)
     return _checks[key]
 
 
-def _pairs(bundle: ModelBundle, prompts: Sequence[str], answers: Sequence[str]) -> list[tuple[str, str]]:
-    from seal_engine.serving.completions import chat_prompt
-
-    return [(chat_prompt(bundle, [{"role": "user", "content": p}]), a) for p, a in zip(prompts, answers) if a.strip()]
-
-
 def answer_nll(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapter: LoraAdapter | None,
-               *, batch_size: int = 16) -> float:
-    """Mean per-token negative log-likelihood of the completions of (prompt, completion) pairs."""
-    from seal_engine.training.sft import completion_loss
+               *, batch_size: int = 16, max_len: int = 512) -> float:
+    """Mean per-token negative log-likelihood of the completions of (prompt, completion) pairs
+    (every completion token weighs the same, whatever batch it falls in); 0.0 for no pairs."""
+    from seal_engine.training.sft import IGNORE, build_example, completion_loss
 
-    losses, weights = [], []
-    for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i : i + batch_size]
-        losses.append(completion_loss(bundle, chunk, adapter, max_len=512))
-        weights.append(len(chunk))
-    return sum(loss * w for loss, w in zip(losses, weights)) / sum(weights) if weights else 0.0
+    kept = [(pair, ex) for pair in pairs if (ex := build_example(bundle, pair[0], pair[1], max_len))]
+    total, tokens = 0.0, 0
+    for i in range(0, len(kept), batch_size):
+        chunk = kept[i : i + batch_size]
+        n = sum(sum(1 for lab in labels[1:] if lab != IGNORE) for _, (_, labels) in chunk)
+        total += completion_loss(bundle, [pair for pair, _ in chunk], adapter, max_len=max_len) * n
+        tokens += n
+    return total / tokens if tokens else 0.0
 
 
 def measure_forgetting(bundle: ModelBundle, check: ForgettingCheck, adapters: Sequence[LoraAdapter],
@@ -137,14 +128,13 @@ def measure_forgetting(bundle: ModelBundle, check: ForgettingCheck, adapters: Se
     questions = [q.question for q in check.probes]
     rows = [a for a in adapters for _ in questions]
     answers = chat_answers(bundle, questions * len(adapters), rows, max_tokens=check.max_tokens)
-    pairs = _pairs(bundle, check.prompts, check.base_answers)
     out = []
     for k, adapter in enumerate(adapters):
         mine = answers[k * len(questions) : (k + 1) * len(questions)]
         # Only what the user had before counts: the probes the base model answers through this path.
         kept = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0
                 for a, q, base_ok in zip(mine, check.probes, check.base_correct) if base_ok]
-        nll = answer_nll(bundle, pairs, adapter) - check.base_nll if drift and pairs else None
+        nll = answer_nll(bundle, check.replies, adapter) - check.base_nll if drift and check.replies else None
         out.append(Forgetting(statistics.fmean(kept) if kept else 1.0, len(kept), nll))
     return out
 
