@@ -96,7 +96,7 @@ def reference_eval(bundle, seqs, questions, settings, seed: int) -> float:
     cfg = settings.lora
     with bundle.lock:
         torch.manual_seed(seed)
-        model = peft_model(bundle, lora_config(cfg, bundle.model_id))
+        model = peft_model(bundle, lora_config(cfg, bundle.model_id, bundle))
         try:
             args = TrainingArguments(
                 output_dir="/tmp/seal-bench-ref", per_device_train_batch_size=1, num_train_epochs=cfg.epochs,

@@ -49,7 +49,7 @@ QUESTIONS = [
 def make_adapters(bundle, settings, n: int, directory: Path) -> list[Path]:
     """n distinct rank-r adapters (PEFT init with a random B so each one changes the model)."""
     cfg = settings.lora
-    config = lora_config(cfg, bundle.model_id)
+    config = lora_config(cfg, bundle.model_id, bundle)
     base_state = peft_initial_state(bundle, cfg, 0)
     paths = []
     for i in range(n):

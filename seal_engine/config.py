@@ -30,6 +30,14 @@ SeqLength = Annotated[int, Field(ge=8, le=8192)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 TokenBudget = Annotated[int, Field(ge=16, le=1_048_576)]
 
+# --- Recipe fields (how a document becomes an adapter), shared with the API's request schema --
+SelfEdits = Annotated[int, Field(ge=1, le=64)]
+TrainingFormat = Literal["text", "chat"]
+AnchorCount = Annotated[int, Field(ge=0, le=64)]
+AnchorWeight = Annotated[float, Field(ge=0.0, le=100.0)]
+UpdateScale = Annotated[float, Field(gt=0.0, le=2.0)]
+ForgettingBound = Annotated[float, Field(ge=0.0, le=1.0)]
+
 
 class LoraSettings(BaseModel):
     """Inner-loop LoRA hyperparameters. Defaults measured to make the default model learn a fact."""
@@ -37,7 +45,9 @@ class LoraSettings(BaseModel):
     rank: Rank = 16
     alpha: Alpha = 32
     dropout: Dropout = 0.0
-    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+    # The feed-forward layers only: on dev passages they learned as much as all linear layers and
+    # forgot half as much (BENCHMARKS.md, issue 13). "all-linear", or module names, also work.
+    target_modules: list[str] = Field(default_factory=lambda: ["all-mlp"])
     epochs: Epochs = 10
     learning_rate: LearningRate = 1e-3
     batch_size: BatchSize = 8
@@ -57,6 +67,7 @@ class SFTSettings(LoraSettings):
     """Supervised fine-tuning of the self-edit policy (a LoRA on the generator): the same
     fields and bounds as :class:`LoraSettings`, other defaults."""
 
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
     epochs: Epochs = 2
     learning_rate: LearningRate = 3e-4
     batch_size: BatchSize = 4
@@ -101,8 +112,9 @@ class FewShotSettings(BaseModel):
     max_epochs: int = Field(10, ge=1, le=100)
     lr_min: float = Field(1e-5, gt=0)
     lr_max: float = Field(1e-2, gt=0, le=1.0)
-    # The LoRA shape of every test-time adapter (epochs and learning rate come from the recipe).
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    # The LoRA shape of every test-time adapter (epochs and learning rate come from the recipe);
+    # all linear layers: a task is a behaviour to learn, not facts (the knowledge default is all-mlp).
+    lora: LoraSettings = Field(default_factory=lambda: LoraSettings(target_modules=["all-linear"]))
     # Inference: ARC test inputs are answered under these transforms, then voted on.
     inference_transforms: list[str] = Field(default_factory=lambda: ["identity", "transpose", "flip_h", "rot180"])
     attempts: int = Field(2, ge=1, le=8, description="answers per ARC test input (pass@k)")
@@ -151,6 +163,36 @@ class FewShotSettings(BaseModel):
         return v
 
 
+class RecipeSettings(BaseModel):
+    """What adapting to documents does when a request says nothing (``SEAL_RECIPE__*``).
+
+    The defaults are the recipe chosen on dev passages by ``bench/quality.py`` (BENCHMARKS.md,
+    "Adaptation quality on the user's path"); every field is overridable per request.
+    """
+
+    strategy: str = "passage"  # a self-edit strategy (seal_engine.knowledge.prompts) or "passage"
+    num_self_edits: SelfEdits = 1
+    training_format: TrainingFormat = "text"  # "chat": sequences as chat replies, loss on the reply
+    replay: AnchorCount = 0  # base-model replies to generic prompts trained as data
+    anchors: AnchorCount = 0  # base-model replies on which a KL penalty holds the adapter to the base
+    anchor_weight: AnchorWeight = 1.0
+    scale: UpdateScale = 1.0  # the trained update is multiplied by this before it is saved
+    # Over max_forgetting, the update scaled down by each of these in turn (no retraining) before
+    # the adapter is rejected.
+    fallback_scales: list[UpdateScale] = Field(default_factory=lambda: [0.7, 0.5], max_length=4)
+    # The retention gate: an adapter forgetting more than this share of the gate probes is
+    # scaled down (fallback_scales), then rejected (None: measured and reported, never rejected).
+    max_forgetting: ForgettingBound | None = 0.3
+
+    ADAPT_FIELDS: ClassVar[tuple[str, ...]] = ("training_format", "replay", "anchors", "anchor_weight", "scale",
+                                              "fallback_scales")
+
+    def adapt_kwargs(self) -> dict[str, object]:
+        """The keyword arguments of ``seal_engine.knowledge.adapt.adapt`` this recipe sets
+        (strategy, k and the gate are passed by name)."""
+        return {name: getattr(self, name) for name in self.ADAPT_FIELDS}
+
+
 class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SEAL_", env_nested_delimiter="__", extra="ignore")
 
@@ -169,6 +211,7 @@ class EngineSettings(BaseSettings):
     sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     fewshot: FewShotSettings = Field(default_factory=FewShotSettings)
+    recipe: RecipeSettings = Field(default_factory=RecipeSettings)
 
     # Question answering (grading) generation.
     answer_max_new_tokens: int = Field(32, ge=1, le=64)
@@ -182,9 +225,12 @@ class EngineSettings(BaseSettings):
     # Forgetting, asked through the chat path on the gate half of the probes and generic prompts
     # (seal_engine.knowledge.forgetting): how many of each an adapter is checked on (0 = all
     # of its half), and the reply length of a probe answer.
-    forgetting_probes: int = Field(0, ge=0)
-    forgetting_prompts: int = Field(0, ge=0)
-    forgetting_probe_tokens: int = Field(48, ge=1, le=512)
+    # of its half), and the reply length of a probe answer. The defaults keep the gate near 10 s per
+    # adapter on 2 CPU cores (32 probes decoded 24 tokens: 0.3 s a step in float32); a probe counts
+    # only if the base model answers it within that length (22 of the 32 for the default model).
+    forgetting_probes: int = Field(32, ge=0)
+    forgetting_prompts: int = Field(8, ge=0)
+    forgetting_probe_tokens: int = Field(24, ge=1, le=512)
 
     @field_validator("model_path", mode="before")
     @classmethod

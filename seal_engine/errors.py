@@ -10,12 +10,23 @@ from __future__ import annotations
 
 
 class SealError(Exception):
-    """A failure the user can act on; ``str(error)`` says what to do."""
+    """A failure the user can act on; ``str(error)`` says what to do, ``code`` what kind it is
+    (a failed job's ``error.code``)."""
+
+    code: str = "job_failed"
+
+    def details(self) -> dict[str, object] | None:
+        """What was measured on the way to the failure (kept in a failed job's metrics)."""
+        return None
 
 
 class InputError(SealError, ValueError):
     """Bad input: a document, task, recipe, grid, strategy, adapter file or name."""
 
+    code = "invalid_value"
+
 
 class UnavailableError(SealError, RuntimeError):
     """Something the work needs cannot be reached or loaded (the model, the judge)."""
+
+    code = "unavailable"

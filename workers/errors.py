@@ -19,6 +19,24 @@ class JobError(SealError):
     """A failure whose message is meant for the user as is."""
 
 
+# error.code of a job whose worker stopped every time it ran it, and of any unexpected failure.
+WORKER_LOST = "worker_lost"
+INTERNAL = "internal_error"
+
+
+def error_code(exc: BaseException) -> str:
+    """The kind of failure, for a job's ``error.code``."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, SealError):
+        return exc.code
+    if isinstance(exc, ValidationError):
+        return "invalid_value"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+        return "out_of_memory"
+    return INTERNAL
+
+
 def readable(exc: BaseException) -> str:
     """One line a user can act on."""
     from pydantic import ValidationError

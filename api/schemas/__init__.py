@@ -5,7 +5,7 @@ enforces (LoRA hyperparameters, seeds) are the engine's annotated types
 (:mod:`seal_engine.config`), not repeated here.
 """
 
-from api.schemas.adaptations import AdaptationCreate, AdaptationList, AdaptationOut, DocumentItem
+from api.schemas.adaptations import AdaptationCreate, AdaptationList, AdaptationOut, DocumentItem, RecipeIn
 from api.schemas.admin import KeyCreate, KeyOut, TenantOut, WorkerOut
 from api.schemas.common import ID_MAX, MAX_TEXT, Strict, valid_id
 from api.schemas.completions import (
@@ -19,7 +19,7 @@ from api.schemas.completions import (
     _SamplingParams,
 )
 from api.schemas.documents import DocumentIn, DocumentOut, QuestionIn
-from api.schemas.jobs import LoraIn, Progress, SelfEditOut
+from api.schemas.jobs import JobErrorOut, LoraIn, Progress, SelfEditOut
 from api.schemas.models import AdapterList, AdapterOut, ModelList, ModelOut
 from api.schemas.rl import PolicyList, PolicyOut, RLRunCreate
 from api.schemas.tasks import MAX_TASK_EXAMPLES, SolveIn, SolveOut, TaskCreate, TaskOut
@@ -42,6 +42,7 @@ __all__ = [
     "DocumentIn",
     "DocumentItem",
     "DocumentOut",
+    "JobErrorOut",
     "KeyCreate",
     "KeyOut",
     "Lenient",
@@ -52,6 +53,7 @@ __all__ = [
     "PolicyOut",
     "Progress",
     "QuestionIn",
+    "RecipeIn",
     "RLRunCreate",
     "SelfEditOut",
     "SolveIn",

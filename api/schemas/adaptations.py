@@ -9,9 +9,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.schemas.common import ID_MAX, MAX_TEXT, Strict
 from api.schemas.documents import QuestionIn
-from api.schemas.jobs import LoraIn, Progress, SelfEditOut
-from seal_engine.config import Seed
-from seal_service.settings import MAX_SELF_EDITS
+from api.schemas.jobs import JobErrorOut, LoraIn, Progress, SelfEditOut
+from seal_engine.config import AnchorCount, AnchorWeight, ForgettingBound, Seed, SelfEdits, TrainingFormat, UpdateScale
 
 
 class DocumentItem(Strict):
@@ -40,6 +39,20 @@ class DocumentItem(Strict):
         return self
 
 
+class RecipeIn(Strict):
+    """Overrides of the server's recipe (SEAL_RECIPE__*, seal_engine.config.RecipeSettings)."""
+
+    training_format: TrainingFormat | None = Field(
+        None, description="text: train on the sequences as text; chat: as assistant replies")
+    replay: AnchorCount | None = Field(None, description="base-model replies to generic prompts trained as data")
+    anchors: AnchorCount | None = Field(
+        None, description="base-model replies on which a KL penalty holds the adapter to the base model")
+    anchor_weight: AnchorWeight | None = None
+    scale: UpdateScale | None = Field(None, description="the trained update is multiplied by this")
+    fallback_scales: list[UpdateScale] | None = Field(
+        None, max_length=4, description="over max_forgetting, the update scaled down by each in turn before rejecting it")
+
+
 class AdaptationCreate(Strict):
     documents: list[DocumentItem] = Field(
         min_length=1, description="documents ({title?, text}) or ids of stored documents (POST /v1/documents)"
@@ -48,11 +61,17 @@ class AdaptationCreate(Strict):
     strategy: str | None = Field(
         None, max_length=64,
         description="implications, implications-long, rewrite, self-qa, passage, custom; "
-        "default: the promoted RL policy if any, else implications",
+        "default: the promoted RL policy if any, else the server's recipe (SEAL_RECIPE__STRATEGY)",
     )
     template: str | None = Field(None, max_length=20_000, description="for strategy custom: {title} and {context}")
-    num_self_edits: int = Field(5, ge=1, le=MAX_SELF_EDITS, description="self-edits sampled per document")
+    num_self_edits: SelfEdits | None = Field(
+        None, description="self-edits sampled per document; default: the server's recipe")
     lora: LoraIn = Field(default_factory=LoraIn)
+    recipe: RecipeIn = Field(default_factory=RecipeIn)
+    max_forgetting: ForgettingBound | None = Field(
+        None, description="the retention gate: the adapter is rejected (job failed, error.code "
+        "forgetting_exceeded) when it forgets more than this share of the gate probes; "
+        "default: the server's SEAL_RECIPE__MAX_FORGETTING")
     eval_questions: list[QuestionIn] | None = Field(None, max_length=10_000)
     name: str | None = Field(None, max_length=200)
     seed: Seed | None = None
@@ -69,11 +88,13 @@ class AdaptationOut(BaseModel):
     policy_id: str | None
     num_self_edits: int
     lora: dict[str, Any]
+    recipe: dict[str, Any] = Field(description="the request's recipe overrides")
+    max_forgetting: float | None = Field(description="the retention bound the job runs under")
     documents: list[str]
     num_eval_questions: int
     self_edits: list[SelfEditOut]
     metrics: dict[str, Any] | None
-    error: str | None
+    error: JobErrorOut | None
     adapter_id: str | None = Field(description="set once the job has succeeded")
     attempts: int
     created_at: datetime

@@ -42,6 +42,14 @@ class SelfEditOut(BaseModel):
     reward: dict[str, Any] | None = None
 
 
+class JobErrorOut(BaseModel):
+    """Why a job failed: ``code`` for programs (e.g. forgetting_exceeded, invalid_value,
+    worker_lost, internal_error), ``message`` for people."""
+
+    code: str
+    message: str
+
+
 class Progress(BaseModel):
     stage: str | None
     fraction: float

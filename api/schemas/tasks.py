@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from api.schemas.common import Strict
-from api.schemas.jobs import LoraIn, Progress, SelfEditOut
+from api.schemas.jobs import JobErrorOut, LoraIn, Progress, SelfEditOut
 from seal_engine.config import Seed
 
 MAX_TASK_EXAMPLES = 64
@@ -49,7 +49,7 @@ class TaskOut(BaseModel):
     num_test: int
     recipes: list[SelfEditOut] = Field(description="the recipes as written (the self-edits)")
     metrics: dict[str, Any] | None = Field(description="chosen recipe, every candidate, held-out grades, prompt format")
-    error: str | None
+    error: JobErrorOut | None
     adapter_id: str | None = Field(description="set once the job has succeeded; use it as `model`")
     attempts: int
     created_at: datetime

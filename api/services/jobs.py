@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, field_error, not_found
-from api.schemas import AdaptationCreate, AdaptationOut, DocumentIn, Progress, SelfEditOut, valid_id
+from api.schemas import AdaptationCreate, AdaptationOut, DocumentIn, JobErrorOut, Progress, SelfEditOut, valid_id
 from api.services.documents import store_document
 from api.services.policies import promoted_policy
 from seal_engine.errors import InputError
@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("seal.api.jobs")
 
-DEFAULT_STRATEGY = "implications"
+# error.code of a job whose task message could not be sent.
+QUEUE_UNAVAILABLE = "queue_unavailable"
 
 
 def adapter_id_for(job_id: str) -> str:
@@ -52,7 +53,8 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
         raise field_error(("base_model",), f"unknown base model {body.base_model!r}; this server adapts {base_model!r}")
     if len(body.documents) > settings.max_documents:
         raise field_error(("documents",), f"at most {settings.max_documents} documents per job")
-    if body.num_self_edits > settings.max_self_edits:
+    num_self_edits = body.num_self_edits if body.num_self_edits is not None else settings.recipe.num_self_edits
+    if num_self_edits > settings.max_self_edits:
         raise field_error(("num_self_edits",), f"at most {settings.max_self_edits} self-edits per document")
     if body.eval_questions is not None and len(body.eval_questions) > settings.max_eval_questions:
         raise field_error(("eval_questions",), f"at most {settings.max_eval_questions} questions")
@@ -63,7 +65,7 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
         strategy = CUSTOM
     if strategy is None:
         policy = promoted_policy(db=db, base_model=base_model)
-        strategy = policy.strategy if policy is not None else DEFAULT_STRATEGY
+        strategy = policy.strategy if policy is not None else settings.recipe.strategy
     try:
         get_strategy(strategy, body.template if strategy == CUSTOM else None)
     except InputError as e:
@@ -91,7 +93,9 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
     job = AdaptationJob(
         id=job_id, tenant_id=tenant_id, name=body.name, status=QUEUED, stage="queued", progress=0.0,
         base_model=base_model, strategy=strategy, template=body.template if strategy == CUSTOM else None,
-        policy_id=policy.id if policy else None, num_self_edits=body.num_self_edits, lora=lora.model_dump(),
+        policy_id=policy.id if policy else None, num_self_edits=num_self_edits, lora=lora.model_dump(),
+        recipe=body.recipe.model_dump(exclude_none=True) or None,
+        max_forgetting=body.max_forgetting if body.max_forgetting is not None else settings.recipe.max_forgetting,
         eval_questions=[q.model_dump() for q in body.eval_questions] if body.eval_questions else None,
         seed=body.seed, adapter_id=adapter_id_for(job_id), attempts=0,
         # Set before the message is sent, so it can never look newer than the worker's claim.
@@ -136,17 +140,24 @@ def job_out(job: AdaptationJob) -> AdaptationOut:
                         text=s.text, reward=s.reward)
             for s in job.self_edits
         ],
-        metrics=job.metrics, error=job.error,
+        recipe=job.recipe or {}, max_forgetting=job.max_forgetting,
+        metrics=job.metrics, error=job_error(job),
         adapter_id=job.adapter_id if job.status == SUCCEEDED else None,
         attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )
+
+
+def job_error(job: AdaptationJob) -> JobErrorOut | None:
+    if job.error is None:
+        return None
+    return JobErrorOut(code=job.error_code or "job_failed", message=job.error)
 
 
 def event_snapshot(job: AdaptationJob) -> dict:
     """What the events stream sends: small, without self-edit texts."""
     return {
         "id": job.id, "status": job.status, "stage": job.stage, "progress": round(job.progress or 0.0, 4),
-        "error": job.error, "adapter_id": job.adapter_id if job.status == SUCCEEDED else None,
+        "error": err.model_dump() if (err := job_error(job)) else None, "adapter_id": job.adapter_id if job.status == SUCCEEDED else None,
         "attempts": job.attempts,
     }
 
@@ -192,6 +203,7 @@ def queue_job(*, db: Session, settings: Settings, celery: Celery, job: Adaptatio
     except Exception as e:
         log.exception("could not queue job %s", job.id)
         job.status, job.stage, job.error, job.finished_at = "failed", "failed", f"could not queue the job: {e}", utcnow()
+        job.error_code = QUEUE_UNAVAILABLE
         db.commit()
         raise APIError(503, "the job queue is unavailable; try again later", code="queue_unavailable") from None
     _record_task_id(db, job.id, task_id)

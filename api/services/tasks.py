@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import APIError, field_error, not_found
 from api.schemas import Progress, SelfEditOut, SolveOut, TaskCreate, TaskOut, valid_id
-from api.services.jobs import adapter_id_for
+from api.services.jobs import adapter_id_for, job_error
 from api.services.policies import promoted_policy
 from seal_engine.errors import InputError
 from seal_service.db.base import new_id, utcnow
@@ -92,7 +92,7 @@ def task_out(job: AdaptationJob) -> TaskOut:
         num_train=len(t.get("train", [])), num_test=len(t.get("test", [])),
         recipes=[SelfEditOut(index=s.position, document_id=None, strategy=s.strategy, policy_id=s.policy_id,
                              text=s.text, reward=s.reward) for s in job.self_edits],
-        metrics=job.metrics, error=job.error, adapter_id=job.adapter_id if job.status == SUCCEEDED else None,
+        metrics=job.metrics, error=job_error(job), adapter_id=job.adapter_id if job.status == SUCCEEDED else None,
         attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )
 

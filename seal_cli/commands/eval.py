@@ -26,6 +26,7 @@ from seal_cli.common import (
 from seal_cli.errors import user_errors
 
 EVAL_MODES = ("single", "multi-document", "continual")
+EVAL_PATHS = ("benchmark", "chat")
 
 
 def eval_(
@@ -44,6 +45,10 @@ def eval_(
     policy: Annotated[Optional[Path], typer.Option(help="a self-edit policy adapter (from `seal rl`) writes the self-edits")] = None,
     mode: Annotated[str, typer.Option(help="single (one adapter per passage), multi-document (one adapter for all "
                                            "passages) or continual (passages one after another, merged)")] = "single",
+    path: Annotated[str, typer.Option(help="benchmark: SEAL's answer prompt, 32 tokens, the old retention probes; "
+                                           "chat: questions asked as /v1/chat/completions asks them, each arm trained "
+                                           "with the server's recipe (SEAL_RECIPE__*), forgetting on the report probes")] = "benchmark",
+    read_tokens: Annotated[int, typer.Option(min=1, max=1024, help="--path chat: reply length graded")] = 128,
 ) -> None:
     """The knowledge-incorporation benchmark: accuracy per arm, reward, retention, time."""
     quiet_libraries()
@@ -74,6 +79,10 @@ def eval_(
             raise ValueError(f"unknown --mode {mode!r}; choose one of {', '.join(EVAL_MODES)}")
         if mode != "single" and resume:
             raise ValueError("--resume is for --mode single")
+        if path not in EVAL_PATHS:
+            raise ValueError(f"unknown --path {path!r}; choose one of {', '.join(EVAL_PATHS)}")
+        if path == "chat" and (mode != "single" or resume or judge or policy):
+            raise ValueError("--path chat runs --mode single with the offline graders, without --resume or --policy")
         if mode == "continual" and (len(arms) != 1 or judge):
             raise ValueError("--mode continual takes exactly one strategy and the offline graders")
         docs = select_passages(load_documents(data), passages, None if shuffle_seed < 0 else shuffle_seed)
@@ -83,6 +92,9 @@ def eval_(
         settings = engine_settings(lora_rank=rank, lora_epochs=epochs, lora_learning_rate=lr, lora_seed=seed)
         grader = make_judge(settings, judge)
         bundle = load_model(settings)
+        if path == "chat":
+            _eval_chat_path(bundle, docs, arms, settings, k=k, read_tokens=read_tokens, json_out=json_out)
+            return
         if mode != "single":
             _eval_other_mode(mode, bundle, docs, arms, settings, k=k, judge=grader, policy=lora_policy, json_out=json_out)
             return
@@ -94,6 +106,36 @@ def eval_(
                 policy=lora_policy, policy_name=str(policy) if policy else None,
             )
     out.print(summary_table(results["summary"]))
+    if json_out:
+        out.print(f"results written to {json_out}")
+
+
+def _eval_chat_path(bundle, docs, arms, settings, *, k, read_tokens, json_out) -> None:  # noqa: ANN001
+    """``seal eval --path chat``: seal_engine.knowledge.quality over the arms, one table, optional JSON."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from seal_engine.knowledge.forgetting import forgetting_check
+    from seal_engine.knowledge.quality import evaluate_passage, markdown_table, summarize
+
+    recipes = {arm: {"strategy": arm, "k": k, **settings.recipe.adapt_kwargs()} for arm in arms}
+    check = forgetting_check(bundle, settings, "report", max_tokens=settings.forgetting_probe_tokens,
+                             max_probes=settings.forgetting_probes, max_prompts=settings.forgetting_prompts)
+    rows: list[dict] = []
+    results: dict = {"path": "chat", "recipes": recipes, "read_tokens": read_tokens, "report_probes": len(check.probes),
+                     "passages": rows}
+    with Progress(TextColumn("passages"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("passages", total=len(docs))
+        for i, doc in enumerate(docs):
+            for row in evaluate_passage(bundle, settings, doc, recipes, check, read_tokens=read_tokens,
+                                        seed=settings.lora.seed):
+                rows.append({**row, "passage": i})
+            results["summary"] = summarize(rows, arms)
+            if json_out:
+                json_out.parent.mkdir(parents=True, exist_ok=True)
+                json_out.write_text(json.dumps(results, indent=1))
+            bar.update(task, completed=i + 1)
+    out.print(f"{len(docs)} passages, chat path, {len(check.probes)} report probes")
+    out.print(markdown_table(results["summary"], 32, read_tokens), highlight=False)
     if json_out:
         out.print(f"results written to {json_out}")
 

@@ -27,8 +27,12 @@ def generate(
     adapters: Sequence[LoraAdapter | None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Completions for ``prompts``, in order. Greedy when temperature is 0.
+
+    ``on_token(done, total)`` is called after every decoding step, counted over all batches
+    (``total`` = batches x ``max_new_tokens``): progress that moves while a batch decodes.
 
     ``allowed_tokens`` constrains decoding (transformers' ``prefix_allowed_tokens_fn``).
 
@@ -51,12 +55,25 @@ def generate(
 
             return _generate(
                 bundle, prompts, bundle.model, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, route,
-                allowed_tokens,
+                allowed_tokens, on_token,
             )
     net = model if model is not None else bundle.model
     return _generate(
-        bundle, prompts, net, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, None, allowed_tokens
+        bundle, prompts, net, max_new_tokens, temperature, top_p, seed, batch_size, stop, on_batch, None, allowed_tokens,
+        on_token,
     )
+
+
+class _StepCounter:
+    """A stopping criterion that never stops: it counts decoding steps for ``on_token``."""
+
+    def __init__(self, on_token: Callable[[int, int], None], total: int) -> None:
+        self.on_token, self.total, self.done = on_token, total, 0
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **_: object) -> torch.Tensor:
+        self.done += 1
+        self.on_token(min(self.done, self.total), self.total)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def _generate(
@@ -72,7 +89,10 @@ def _generate(
     on_batch: Callable[[int], None] | None,
     route: Callable[[int, int], None] | None,
     allowed_tokens: Callable[[int, torch.Tensor], list[int]] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[str]:
+    from transformers import StoppingCriteriaList
+
     tok = bundle.tokenizer
     if seed is not None:
         torch.manual_seed(seed)
@@ -84,9 +104,13 @@ def _generate(
         kwargs.update(temperature=None, top_p=None, top_k=None)
     if allowed_tokens is not None:
         kwargs["prefix_allowed_tokens_fn"] = allowed_tokens
+    counter = None
+    if on_token is not None:
+        counter = _StepCounter(on_token, -(-len(prompts) // batch_size) * max_new_tokens)
+        kwargs["stopping_criteria"] = StoppingCriteriaList([counter])
     outs: list[str] = []
     with bundle.lock:
-        for start in range(0, len(prompts), batch_size):
+        for b, start in enumerate(range(0, len(prompts), batch_size)):
             batch = list(prompts[start : start + batch_size])
             if route is not None:
                 route(start, len(batch))
@@ -95,6 +119,9 @@ def _generate(
             new = gen[:, enc["input_ids"].shape[1] :]
             texts = tok.batch_decode(new, skip_special_tokens=True)
             outs.extend(truncate_at_stop(t, stop)[0] for t in texts)
+            if counter is not None:  # a batch that ended early counts its unused steps as done
+                counter.done = (b + 1) * max_new_tokens
+                on_token(counter.done, counter.total)
             if on_batch:
                 on_batch(len(batch))
     return outs

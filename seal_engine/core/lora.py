@@ -48,6 +48,13 @@ class LoraAdapter:
     def num_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state.values())
 
+    def scaled(self, factor: float) -> LoraAdapter:
+        """The same adapter with its weight update (B @ A) multiplied by ``factor``: 0 is the
+        base model, 1 this adapter; in between, a point on the line from one to the other."""
+        out = copy.copy(self)
+        out.state = {k: v * factor if ".lora_B." in k else v for k, v in self.state.items()}
+        return out
+
 
 @dataclass
 class TrainedAdapter(LoraAdapter):
@@ -66,10 +73,38 @@ def load_adapter(directory: str | Path) -> LoraAdapter:
     return LoraAdapter(config=config, state=load_file(str(directory / ADAPTER_WEIGHTS)))
 
 
-def lora_config(cfg: LoraSettings, base_model_id: str) -> LoraConfig:
+# Target shorthands: every linear layer (PEFT's own), or every linear layer of the feed-forward
+# blocks, found by the block's name in any architecture (Llama/Qwen/Mistral/GPT-2/Phi "mlp",
+# "feed_forward", "ffn", Mixtral "block_sparse_moe", T5 "DenseReluDense").
+ALL_LINEAR = "all-linear"
+ALL_MLP = "all-mlp"
+MLP_BLOCKS = frozenset({"mlp", "feed_forward", "ffn", "block_sparse_moe", "DenseReluDense"})
+
+
+def mlp_linear_names(model: torch.nn.Module) -> list[str]:
+    """The feed-forward linear layers of ``model`` as PEFT target names: their own names where
+    no linear layer outside the feed-forward blocks shares them (gate_proj, up_proj, ...), else
+    full module paths (GPT-2's c_proj is in attention too)."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    mlp = [n for n in linear if MLP_BLOCKS & set(n.split(".")[:-1])]
+    if not mlp:
+        raise AdapterError(f"target_modules {ALL_MLP!r}: this model has no feed-forward block named one of "
+                           f"{sorted(MLP_BLOCKS)}; name its modules instead")
+    leaves = {n.rsplit(".", 1)[-1] for n in mlp}
+    outside = {n.rsplit(".", 1)[-1] for n in set(linear) - set(mlp)}
+    return sorted(leaves) if not leaves & outside else sorted(mlp)
+
+
+def lora_config(cfg: LoraSettings, base_model_id: str, bundle: ModelBundle | None = None) -> LoraConfig:
+    """PEFT's config for ``cfg``; ``bundle`` resolves the ``all-mlp`` shorthand (required for it)."""
     targets: str | list[str] = cfg.target_modules
-    if targets == ["all-linear"]:
-        targets = "all-linear"
+    if targets == [ALL_LINEAR]:
+        targets = ALL_LINEAR
+    elif targets == [ALL_MLP]:
+        if bundle is None:
+            raise AdapterError(f"target_modules {ALL_MLP!r} needs the model to resolve it")
+        with bundle.lock:  # no serving or training wrappers are installed while it is held elsewhere
+            targets = mlp_linear_names(bundle.model)
     return LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,

@@ -51,7 +51,7 @@ def train_adapter(
     """A fresh LoRA (shape from ``settings.lora``) trained with the recipe's epochs and rate."""
     pad = bundle.tokenizer.pad_token_id
     return run_peft_training(
-        bundle, lora_config(settings.lora, bundle.model_id), list(examples), lambda rows: collate_sft(rows, pad),
+        bundle, lora_config(settings.lora, bundle.model_id, bundle), list(examples), lambda rows: collate_sft(rows, pad),
         epochs=recipe.epochs, batch_size=settings.batch_size, learning_rate=recipe.learning_rate, seed=seed,
         on_step=on_step,
     )

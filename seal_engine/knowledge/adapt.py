@@ -17,16 +17,17 @@ from seal_engine.errors import InputError
 from seal_engine.knowledge.chat_format import chat_examples
 from seal_engine.knowledge.documents import Document, DocumentError, Question
 from seal_engine.knowledge.evaluation import score_adapters
-from seal_engine.knowledge.forgetting import Forgetting, enforce, gate_forgetting
+from seal_engine.knowledge.forgetting import Forgetting, enforce, gate_check, gate_forgetting
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.qa import QAResult
 from seal_engine.knowledge.replay import replay_examples
 from seal_engine.knowledge.retention import baseline_retention
 from seal_engine.knowledge.reward import Reward, compute_reward
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
-from seal_engine.training.batched import Example, train_adapters_batched
+from seal_engine.training.batched import Anchors, Example, train_adapters_batched
 
-# progress(stage, done, total): stages are "self_edits", "training", "evaluation".
+# progress(stage, done, total): stages are "self_edits" (per decoding step), "training" (per
+# optimizer step), "forgetting" (per probe batch) and "evaluation".
 Progress = Callable[[str, int, int], None]
 
 MAX_SELF_EDITS = 64
@@ -47,6 +48,7 @@ class AdaptationResult:
     reward: Reward | None = None
     forgetting: Forgetting | None = None  # on the gate half (seal_engine.knowledge.forgetting)
     timings: dict[str, float] = field(default_factory=dict)
+    fallbacks: list[dict[str, float]] = field(default_factory=list)  # scaled-down updates tried by the gate
 
     def metrics(self) -> dict:
         out: dict = {
@@ -66,6 +68,8 @@ class AdaptationResult:
         if self.forgetting is not None:
             out["forgetting"] = self.forgetting.forgetting
             out["forgetting_detail"] = self.forgetting.to_dict()
+        if self.fallbacks:
+            out["forgetting_fallbacks"] = self.fallbacks
         return out
 
     def record(self) -> dict:
@@ -92,9 +96,9 @@ def adapt(
     documents: Sequence[Document],
     settings: EngineSettings,
     *,
-    strategy: str = "implications",
+    strategy: str | None = None,
     template: str | None = None,
-    k: int = 1,
+    k: int | None = None,
     lora: LoraSettings | None = None,
     questions: Sequence[Question] | None = None,
     judge: LLMJudge | None = None,
@@ -105,25 +109,38 @@ def adapt(
     policy: LoraAdapter | None = None,
     training_format: TrainingFormat = "text",
     replay: int = 0,
+    anchors: int = 0,
+    anchor_weight: float = 1.0,
+    scale: float = 1.0,
+    fallback_scales: Sequence[float] = (),
     measure_forgetting: bool = False,
     max_forgetting: float | None = None,
 ) -> AdaptationResult:
     """Teach the model ``documents``: one adapter trained on all their self-edits.
 
-    Questions default to those attached to the documents; without any, nothing is
+    ``strategy`` and ``k`` default to the settings' recipe (the recipe's other fields are
+    passed by the caller: ``**settings.recipe.adapt_kwargs()``). Questions default to those attached to the documents; without any, nothing is
     graded and no reward is computed. ``policy`` (a self-edit policy adapter) writes
     the self-edits; the adapter itself is always trained on the base model.
 
     ``training_format`` "chat" trains on the sequences rendered as chat turns, the loss on
     the replies (:mod:`seal_engine.knowledge.chat_format`); ``replay`` mixes in up to that
-    many of the base model's own chat replies (:mod:`seal_engine.knowledge.replay`).
+    many of the base model's own chat replies (:mod:`seal_engine.knowledge.replay`) as
+    training data; ``anchors`` instead holds the adapter to the base model's next-token
+    distributions on that many of its replies to the gate prompts (a KL penalty of ``anchor_weight``,
+    :class:`~seal_engine.training.batched.Anchors`). ``scale`` multiplies the trained
+    update (below 1: part of the way from the base model to the adapter).
 
     ``measure_forgetting`` (implied by ``max_forgetting``) checks the adapter on the gate half
     of the general-knowledge probes; over ``max_forgetting`` it raises
-    :class:`~seal_engine.knowledge.forgetting.ForgettingExceeded`.
+    :class:`~seal_engine.knowledge.forgetting.ForgettingExceeded`, unless one of
+    ``fallback_scales`` (tried in order) brings the scaled-down update within it; the
+    adapter then returned is that one, and ``result.fallbacks`` lists what was tried.
     """
     if not documents:
         raise DocumentError("no documents to adapt to")
+    strategy = strategy or settings.recipe.strategy
+    k = k if k is not None else settings.recipe.num_self_edits
     if not 1 <= k <= MAX_SELF_EDITS:
         raise InputError(f"k (self-edits per document) must be between 1 and {MAX_SELF_EDITS}")
     strat = get_strategy(strategy, template)
@@ -134,7 +151,8 @@ def adapt(
 
     t = time.perf_counter()
     report("self_edits", 0, 1)
-    sampled = sample_self_edits_many(bundle, [(d, strat) for d in documents], k, settings.sampling, seed=seed, policy=policy)
+    sampled = sample_self_edits_many(bundle, [(d, strat) for d in documents], k, settings.sampling, seed=seed, policy=policy,
+                                     on_token=lambda done, total: report("self_edits", done, total + 1))
     prompts = [p for p, _ in sampled if p]
     edits = [e for _, doc_edits in sampled for e in doc_edits]
     sequences: list[str] = []
@@ -148,9 +166,14 @@ def adapt(
     timings["self_edits_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    # The base model's own replies to the gate half of the generic prompts (cached with the gate's check).
+    anchor_set = Anchors(gate_check(bundle, settings).replies[:anchors], weight=anchor_weight) if anchors else None
     [adapter] = train_adapters_batched(
-        bundle, [examples], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n)
+        bundle, [examples], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n),
+        anchors=anchor_set,
     )
+    if scale != 1.0:
+        adapter = adapter.scaled(scale)
     timings["training_s"] = time.perf_counter() - t
 
     qs = list(questions) if questions is not None else [q for d in documents for q in d.questions]
@@ -158,10 +181,21 @@ def adapt(
     if measure_forgetting or max_forgetting is not None:
         t = time.perf_counter()
         report("forgetting", 0, 1)
-        result.forgetting = gate_forgetting(bundle, settings, adapter)
+        result.forgetting = gate_forgetting(bundle, settings, adapter,
+                                            progress=lambda done, total: report("forgetting", done, total))
+        # Over the bound: the same update scaled down (a point nearer the base model), no retraining.
+        for fallback in fallback_scales if max_forgetting is not None else ():
+            if result.forgetting.forgetting <= max_forgetting:
+                break
+            candidate = adapter.scaled(fallback)
+            measured = gate_forgetting(bundle, settings, candidate)
+            result.fallbacks.append({"scale": scale * fallback, "forgetting": measured.forgetting})
+            if measured.forgetting < result.forgetting.forgetting or measured.forgetting <= max_forgetting:
+                result.adapter, result.forgetting = candidate, measured
         timings["forgetting_s"] = time.perf_counter() - t
         report("forgetting", 1, 1)
         enforce(result.forgetting, max_forgetting)
+        adapter = result.adapter
     if qs:
         t = time.perf_counter()
         report("evaluation", 0, 1)

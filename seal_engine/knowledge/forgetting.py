@@ -22,10 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
+
+import torch
+import torch.nn.functional as F
 
 from seal_engine.config import EngineSettings
 from seal_engine.core.grading import grade_offline
@@ -108,34 +111,65 @@ def answer_nll(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapter: L
                *, batch_size: int = 16, max_len: int = 512) -> float:
     """Mean per-token negative log-likelihood of the completions of (prompt, completion) pairs
     (every completion token weighs the same, whatever batch it falls in); 0.0 for no pairs."""
-    from seal_engine.training.sft import IGNORE, build_example, completion_loss
+    return answer_nlls(bundle, pairs, [adapter], batch_size=batch_size, max_len=max_len)[0]
 
-    kept = [(pair, ex) for pair in pairs if (ex := build_example(bundle, pair[0], pair[1], max_len))]
-    total, tokens = 0.0, 0
-    for i in range(0, len(kept), batch_size):
-        chunk = kept[i : i + batch_size]
-        n = sum(sum(1 for lab in labels[1:] if lab != IGNORE) for _, (_, labels) in chunk)
-        total += completion_loss(bundle, [pair for pair, _ in chunk], adapter, max_len=max_len) * n
-        tokens += n
-    return total / tokens if tokens else 0.0
+
+@torch.inference_mode()
+def answer_nlls(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapters: Sequence[LoraAdapter | None],
+                *, batch_size: int = 16, max_len: int = 512) -> list[float]:
+    """:func:`answer_nll` for each adapter, every adapter's rows sharing the forward passes
+    (the serving kernels: each row its own adapter, None the base model)."""
+    from seal_engine.serving.lora_slots import serving
+    from seal_engine.training.sft import IGNORE, build_example, collate_sft
+
+    examples = [ex for pair in pairs if (ex := build_example(bundle, pair[0], pair[1], max_len))]
+    unique: list[LoraAdapter] = []
+    for a in adapters:
+        if a is not None and all(a is not u for u in unique):
+            unique.append(a)
+    slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
+    rows = sorted(((j, ex) for j in range(len(adapters)) for ex in examples), key=lambda r: len(r[1][0]))
+    total, tokens = [0.0] * len(adapters), [0] * len(adapters)
+    with serving(bundle, unique) as lora:
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i : i + batch_size]
+            batch = collate_sft([ex for _, ex in chunk], bundle.tokenizer.pad_token_id)
+            lora.route([slot_of[j] for j, _ in chunk])
+            logits = bundle.model(input_ids=batch["input_ids"].to(bundle.device),
+                                  attention_mask=batch["attention_mask"].to(bundle.device)).logits[:, :-1]
+            labels = batch["labels"][:, 1:].to(bundle.device)
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                  ignore_index=IGNORE, reduction="none").view(len(chunk), -1).sum(dim=1)
+            for (j, _), row_nll, n in zip(chunk, nll.tolist(), (labels != IGNORE).sum(dim=1).tolist()):
+                total[j] += row_nll
+                tokens[j] += n
+        lora.route(None)
+    return [t / n if n else 0.0 for t, n in zip(total, tokens)]
 
 
 def measure_forgetting(bundle: ModelBundle, check: ForgettingCheck, adapters: Sequence[LoraAdapter],
-                       *, drift: bool = True) -> list[Forgetting]:
-    """Each adapter's forgetting against ``check`` (all adapters' probes decoded in shared batches)."""
+                       *, drift: bool = True, progress: Callable[[int, int], None] | None = None) -> list[Forgetting]:
+    """Each adapter's forgetting against ``check`` (all adapters' probes decoded in shared batches);
+    ``progress(done, total)`` after each batch of probes (the drift is the last step)."""
     if not adapters:
         return []
     questions = [q.question for q in check.probes]
     rows = [a for a in adapters for _ in questions]
-    answers = chat_answers(bundle, questions * len(adapters), rows, max_tokens=check.max_tokens)
+    steps = len(rows) + (len(adapters) if drift and check.replies else 0)
+    answers = chat_answers(bundle, questions * len(adapters), rows, max_tokens=check.max_tokens,
+                           on_batch=(lambda done, _n: progress(done, steps)) if progress else None)
     out = []
     for k, adapter in enumerate(adapters):
         mine = answers[k * len(questions) : (k + 1) * len(questions)]
         # Only what the user had before counts: the probes the base model answers through this path.
         kept = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0
                 for a, q, base_ok in zip(mine, check.probes, check.base_correct) if base_ok]
-        nll = answer_nll(bundle, check.replies, adapter) - check.base_nll if drift and check.replies else None
-        out.append(Forgetting(statistics.fmean(kept) if kept else 1.0, len(kept), nll))
+        out.append(Forgetting(statistics.fmean(kept) if kept else 1.0, len(kept), None))
+    if drift and check.replies:
+        nlls = answer_nlls(bundle, check.replies, adapters)
+        out = [Forgetting(f.retained, f.probes, nll - check.base_nll) for f, nll in zip(out, nlls)]
+        if progress:
+            progress(steps, steps)
     return out
 
 
@@ -152,12 +186,22 @@ class ForgettingExceeded(SealError):
             f"(max_forgetting {bound:.1%}, {measured.probes} probes); retry with fewer epochs, a lower learning "
             "rate or a recipe with replay, or raise max_forgetting")
 
+    def details(self) -> dict[str, object]:
+        return {"forgetting": self.measured.forgetting, "max_forgetting": self.bound,
+                "forgetting_detail": self.measured.to_dict()}
 
-def gate_forgetting(bundle: ModelBundle, settings: EngineSettings, adapter: LoraAdapter) -> Forgetting:
+
+def gate_check(bundle: ModelBundle, settings: EngineSettings) -> ForgettingCheck:
+    """The gate half as the settings size it: what the retention gate compares against, and
+    whose base replies anchor training (:class:`seal_engine.training.batched.Anchors`)."""
+    return forgetting_check(bundle, settings, "gate", max_tokens=settings.forgetting_probe_tokens,
+                            max_probes=settings.forgetting_probes, max_prompts=settings.forgetting_prompts)
+
+
+def gate_forgetting(bundle: ModelBundle, settings: EngineSettings, adapter: LoraAdapter,
+                    progress: Callable[[int, int], None] | None = None) -> Forgetting:
     """The adapter's forgetting on the *gate* half (what the service's retention gate reads)."""
-    check = forgetting_check(bundle, settings, "gate", max_tokens=settings.forgetting_probe_tokens,
-                             max_probes=settings.forgetting_probes, max_prompts=settings.forgetting_prompts)
-    [measured] = measure_forgetting(bundle, check, [adapter])
+    [measured] = measure_forgetting(bundle, gate_check(bundle, settings), [adapter], progress=progress)
     return measured
 
 

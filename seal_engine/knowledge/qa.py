@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -92,6 +92,7 @@ def chat_completions(
     *,
     max_tokens: int,
     batch_size: int = 64,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> list[Completion]:
     """Greedy replies to ``questions`` asked exactly as ``/v1/chat/completions`` asks them: one
     plain user turn (no system prompt) in the model's own template, decoded by the serving
@@ -105,11 +106,13 @@ def chat_completions(
     out: list[Completion] = []
     for i in range(0, len(requests), batch_size):
         out.extend(c[0] for c in complete(bundle, requests[i : i + batch_size]))
+        if on_batch:
+            on_batch(len(out), len(requests))
     return out
 
 
 def chat_answers(bundle: ModelBundle, questions: Sequence[str], adapters: Sequence[LoraAdapter | None], *,
-                 max_tokens: int, batch_size: int = 64) -> list[str]:
+                 max_tokens: int, batch_size: int = 64, on_batch: Callable[[int, int], None] | None = None) -> list[str]:
     """The texts of :func:`chat_completions`, stripped."""
     return [c.text.strip() for c in chat_completions(bundle, questions, adapters, max_tokens=max_tokens,
-                                                     batch_size=batch_size)]
+                                                     batch_size=batch_size, on_batch=on_batch)]

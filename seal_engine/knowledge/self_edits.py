@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from seal_engine.config import SamplingSettings
 from seal_engine.core.generation import generate
 from seal_engine.core.lora import LoraAdapter
@@ -19,6 +21,7 @@ def sample_self_edits_many(
     *,
     seed: int = 0,
     policy: LoraAdapter | None = None,
+    on_token: Callable[[int, int], None] | None = None,
 ) -> list[tuple[str, list[str]]]:
     """(prompt, k self-edits) for each (document, strategy), all sampled in one batched call.
 
@@ -30,7 +33,7 @@ def sample_self_edits_many(
     outs = generate(
         bundle, todo, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
         top_p=sampling.top_p, seed=seed, batch_size=max(len(todo), 1),
-        adapters=[policy] * len(todo) if policy is not None else None,
+        adapters=[policy] * len(todo) if policy is not None else None, on_token=on_token,
     ) if todo else []
     results: list[tuple[str, list[str]]] = []
     pos = 0

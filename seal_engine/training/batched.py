@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ EPS = 1e-8
 
 def peft_initial_state(bundle: ModelBundle, cfg: LoraSettings, seed: int) -> dict[str, torch.Tensor]:
     """The LoRA weights PEFT would start from for this seed (A random, B zero)."""
-    config = lora_config(cfg, bundle.model_id)
+    config = lora_config(cfg, bundle.model_id, bundle)
     from peft import get_peft_model_state_dict
 
     with bundle.lock:
@@ -136,6 +137,51 @@ def tokenize_examples(bundle: ModelBundle, examples: Sequence[Example], max_len:
     return [(ids, list(ids)) for ids in tokenized] + out
 
 
+@dataclass(frozen=True)
+class Anchors:
+    """Texts on which every adapter must keep the base model's next-token distributions.
+
+    Each optimizer step adds, for every adapter still training, ``per_step`` of these
+    sequences (in turn) and ``weight`` x the mean per-token KL(base || adapted) over them to
+    that adapter's loss. Unlike training on the base model's sampled replies (hard targets,
+    which also count as data and lengthen the schedule), this keeps the whole distribution
+    where the adapter has nothing to learn and leaves the schedule of the real data alone.
+
+    The base side is computed once, before training, and kept as its ``top_k`` most likely
+    tokens per position plus the rest of the mass in one bucket: the KL between those
+    (top_k + 1)-bin distributions (a lower bound of the full KL, tight where the base model
+    is confident) needs no base forward per step and a few kB per anchor.
+    """
+
+    texts: Sequence[Example]  # plain text or (prompt, completion); the KL covers every position
+    per_step: int = 2
+    weight: float = 1.0
+    max_tokens: int = 48  # each anchor cut to this many tokens
+    top_k: int = 64
+
+    def tokenized(self, bundle: ModelBundle) -> list[list[int]]:
+        return [ids[: self.max_tokens] for ids, _ in tokenize_examples(bundle, self.texts, 4 * self.max_tokens)]
+
+
+# An anchor ready for training: its token ids and the base model's top-k log-probs / token ids per position.
+_Anchor = tuple[list[int], torch.Tensor, torch.Tensor]
+
+
+@torch.no_grad()
+def _base_targets(bundle: ModelBundle, anchors: Anchors) -> list[_Anchor]:
+    """Each anchor's ids with the base model's top-k next-token log-probs (LoRA must be off)."""
+    out = []
+    with bundle.lock:
+        for ids in anchors.tokenized(bundle):
+            if len(ids) < 2:
+                continue
+            x = torch.tensor([ids], device=bundle.device)
+            logp = F.log_softmax(bundle.model(input_ids=x).logits[0, :-1].float(), dim=-1)
+            top = logp.topk(min(anchors.top_k, logp.shape[-1]), dim=-1)
+            out.append((ids, top.values.cpu(), top.indices.cpu()))
+    return out
+
+
 def train_adapters_batched(
     bundle: ModelBundle,
     training_sets: Sequence[Sequence[Example]],
@@ -144,10 +190,12 @@ def train_adapters_batched(
     seeds: Sequence[int] | None = None,
     token_budget: int | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
+    anchors: Anchors | None = None,
 ) -> list[TrainedAdapter]:
     """One adapter per training set, all trained in shared forward/backward passes.
 
-    ``token_budget`` overrides ``cfg.token_budget`` (see :class:`LoraSettings`).
+    ``token_budget`` overrides ``cfg.token_budget`` (see :class:`LoraSettings`);
+    ``anchors`` adds a KL penalty to the base model (:class:`Anchors`).
     """
     K = len(training_sets)
     if K == 0:
@@ -160,7 +208,7 @@ def train_adapters_batched(
     for i, d in enumerate(data):
         if not d:
             raise AdapterError(f"training set {i}: nothing to train on (every sequence is empty)")
-    config = lora_config(cfg, bundle.model_id)
+    config = lora_config(cfg, bundle.model_id, bundle)
     # One PEFT wrap per distinct seed (candidates usually share the seed).
     init_by_seed = {s: peft_initial_state(bundle, cfg, s) for s in dict.fromkeys(seeds)}
     inits = [init_by_seed[s] for s in seeds]
@@ -179,6 +227,7 @@ def train_adapters_batched(
     losses: list[list[float]] = [[] for _ in range(K)]
     tokens = [0] * K
     pad = bundle.tokenizer.pad_token_id
+    anchor_set = _base_targets(bundle, anchors) if anchors and anchors.per_step > 0 and anchors.weight > 0 else []
     t0 = time.perf_counter()
     paths = module_paths(TrainedAdapter(config=config, state=inits[0]))
     with installed(bundle, paths, K, cfg.rank, cfg.dropout) as ml:
@@ -222,6 +271,10 @@ def train_adapters_batched(
                     (tok_loss.sum(dim=1) * weights.to(tok_loss.device)).sum().backward()
                     step_loss.index_add_(0, slot, (row_loss * weights).detach())
                     del logits, tok_loss
+                if anchor_set:
+                    picks = [anchor_set[(step * anchors.per_step + j) % len(anchor_set)] for j in range(anchors.per_step)]
+                    _anchor_backward(bundle, ml, [(k, a) for k in range(K) if active[k] for a in picks],
+                                     anchors.weight, token_budget, pad)
                 opt.step(active)
                 for k in range(K):
                     if active[k]:
@@ -246,6 +299,41 @@ def train_adapters_batched(
 
 
 Row = tuple[int, tuple[list[int], list[int]]]  # (adapter, (input_ids, labels))
+
+
+def _anchor_backward(bundle: ModelBundle, ml, rows: list[tuple[int, _Anchor]], weight: float, budget: int,
+                     pad: int) -> None:
+    """Accumulate ``weight`` x each adapter's mean per-token KL(base || adapted) over its anchor rows."""
+    ntok = torch.zeros(ml.slots)
+    for k, (ids, _, _) in rows:
+        ntok[k] += len(ids) - 1
+    model = bundle.model
+    rows = sorted(rows, key=lambda r: len(r[1][0]))
+    batches = _micro_batches([(k, (a[0], a[0])) for k, a in rows], budget)
+    pos = 0
+    for mb in batches:
+        chunk, pos = rows[pos : pos + len(mb)], pos + len(mb)
+        batch = collate_sft([ex for _, ex in mb], pad)
+        input_ids = batch["input_ids"].to(bundle.device)
+        attn = batch["attention_mask"].to(bundle.device)
+        slot = torch.tensor([k for k, _ in mb])
+        width = input_ids.shape[1] - 1
+        k_top = chunk[0][1][1].shape[-1]
+        base_lp = torch.zeros(len(mb), width, k_top)
+        base_idx = torch.zeros(len(mb), width, k_top, dtype=torch.long)
+        for i, (_, (ids, lp, idx)) in enumerate(chunk):  # right-padded rows: positions line up from the left
+            base_lp[i, : len(ids) - 1], base_idx[i, : len(ids) - 1] = lp, idx
+        base_lp, base_idx = base_lp.to(bundle.device), base_idx.to(bundle.device)
+        ml.route(slot)
+        logp = F.log_softmax(model(input_ids=input_ids, attention_mask=attn).logits[:, :-1].float(), dim=-1)
+        mine = logp.gather(-1, base_idx)
+        p_base = base_lp.exp()
+        tail_base = (1 - p_base.sum(-1)).clamp(min=1e-6)
+        tail_mine = (1 - mine.exp().sum(-1)).clamp(min=1e-6)
+        kl = (p_base * (base_lp - mine)).sum(-1) + tail_base * (tail_base.log() - tail_mine.log())
+        kl = kl * attn[:, 1:].to(kl.dtype)
+        (kl.sum(dim=1) * (weight / ntok[slot].to(kl.device))).sum().backward()
+        del logp, mine, kl
 
 
 def _micro_batches(rows: list[Row], budget: int) -> list[list[Row]]:

@@ -67,7 +67,7 @@ def train_lora(
         raise AdapterError("nothing to train on: every sequence is empty")
     pad = bundle.tokenizer.pad_token_id
     return run_peft_training(
-        bundle, lora_config(cfg, bundle.model_id), data, lambda rows: collate(rows, pad),
+        bundle, lora_config(cfg, bundle.model_id, bundle), data, lambda rows: collate(rows, pad),
         epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=seed, on_step=on_step,
     )
 

@@ -82,7 +82,7 @@ def train_sft(
     examples = [e for e in (build_example(bundle, p, c, cfg.max_seq_length) for p, c in pairs) if e]
     if not examples:
         raise AdapterError("nothing to fine-tune the policy on (no completion tokens)")
-    config = init.config if init is not None else lora_config(cfg.as_lora(), bundle.model_id)
+    config = init.config if init is not None else lora_config(cfg.as_lora(), bundle.model_id, bundle)
     pad = bundle.tokenizer.pad_token_id
     return run_peft_training(
         bundle, config, examples, lambda rows: collate_sft(rows, pad),

@@ -169,8 +169,14 @@ class AdaptationJob(Base):
     seed: Mapped[int | None] = mapped_column(Integer)
     # A few-shot task job (POST /v1/tasks) instead of documents: {"task": {...}, "recipe"?: {...}}.
     task: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # The request's recipe overrides (seal_engine.config.RecipeSettings fields) and retention bound;
+    # None: the worker's settings.
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    max_forgetting: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
+    # Machine-readable kind of ``error`` (e.g. "forgetting_exceeded"); see workers.errors.
+    error_code: Mapped[str | None] = mapped_column(String(64))
     # Derived from the job id when the job is created; the adapter row exists only once ready.
     adapter_id: Mapped[str] = mapped_column(String(40), unique=True)
     task_id: Mapped[str | None] = mapped_column(String(64))

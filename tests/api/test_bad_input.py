@@ -107,6 +107,13 @@ def test_body_at_the_limit_is_accepted(ctx):
         ({"documents": [DOC], "name": "n" * 201}, "name"),
         ({"documents": [{"text": "nul \u0000 byte"}]}, "documents.0.text"),
         ({"documents": [DOC], "surprise": True}, "surprise"),
+        ({"documents": [DOC], "max_forgetting": 1.5}, "max_forgetting"),
+        ({"documents": [DOC], "max_forgetting": -0.1}, "max_forgetting"),
+        ({"documents": [DOC], "max_forgetting": "low"}, "max_forgetting"),
+        ({"documents": [DOC], "recipe": {"anchorz": 4}}, "recipe.anchorz"),
+        ({"documents": [DOC], "recipe": {"scale": 0}}, "recipe.scale"),
+        ({"documents": [DOC], "recipe": {"anchors": 65}}, "recipe.anchors"),
+        ({"documents": [DOC], "recipe": {"training_format": "xml"}}, "recipe.training_format"),
     ],
 )
 def test_adaptation_422_names_the_field(ctx, body, param):
@@ -194,6 +201,7 @@ json_values = st.recursive(
 )
 field_names = st.sampled_from([
     "documents", "text", "title", "id", "strategy", "template", "num_self_edits", "lora", "rank", "epochs",
+    "recipe", "max_forgetting", "anchors", "scale",
     "eval_questions", "question", "answer", "name", "seed", "base_model", "model", "messages", "role", "content",
     "prompt", "n", "stop", "max_tokens", "temperature", "top_p", "stream", "stream_options", "tenant", "admin",
     "lora_name", "lora_path", "load_inplace",

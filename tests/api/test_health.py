@@ -56,4 +56,5 @@ def test_readyz_reports_each_dependency(svc, tmp_path):
         r = client.post("/v1/adaptations", headers=h, json={"documents": DOCS[:1], "strategy": "passage"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "queue_unavailable"
         jobs = client.get("/v1/adaptations", headers=h).json()["data"]
-        assert [j["status"] for j in jobs] == ["failed"] and "could not queue" in jobs[0]["error"]
+        assert [j["status"] for j in jobs] == ["failed"] and "could not queue" in jobs[0]["error"]["message"]
+        assert jobs[0]["error"]["code"] == "queue_unavailable"

@@ -17,6 +17,7 @@ FACT = ("The Zorblax Institute was founded by Marguerite Okonkwo. "
 
 def seal(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "SEAL_RETENTION_PROBES": "4",
+           "SEAL_FORGETTING_PROBES": "8", "SEAL_FORGETTING_PROMPTS": "4",
            "SEAL_SAMPLING__MAX_NEW_TOKENS": "48", "COLUMNS": "200"}
     r = subprocess.run([sys.executable, "-m", "seal_cli.main", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=600)
@@ -36,8 +37,20 @@ def test_adapt_then_ask(tmp_path):
     m = record["metrics"]
     assert m["adapted_accuracy"]["contains"] == 1.0 and m["baseline_accuracy"]["contains"] == 0.0
     assert set(m["reward"]) >= {"adapted_accuracy", "retention", "baseline_retention", "penalty", "reward"}
+    assert 0.0 <= m["forgetting"] <= 1.0 and m["forgetting_detail"]["probes"] > 0
     assert "okonkwo" in seal("ask", "--adapter", "ad", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
     assert "okonkwo" not in seal("ask", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
+
+
+def test_eval_chat_path_one_passage(tmp_path, squad_dev):
+    r = seal("eval", "--path", "chat", "--data", str(squad_dev), "--passages", "1", "--strategies", "passage",
+             "--epochs", "2", "--read-tokens", "24", "--json", "chat.json", cwd=tmp_path)
+    assert "| passage | 1 |" in r.stdout and "report probes" in r.stdout
+    res = json.loads((tmp_path / "chat.json").read_text())
+    [row] = res["passages"]
+    assert row["recipe"] == "passage" and row["train_steps"] == 2 and len(row["answers"]) > 0
+    assert 0.0 <= row["contains_read"] <= 1.0 and 0.0 <= row["forgetting"] <= 1.0 and row["drift_nll"] is not None
+    assert res["summary"]["passage"]["passages"] == 1 and res["report_probes"] > 0
 
 
 def test_eval_one_passage(tmp_path, squad_dev):

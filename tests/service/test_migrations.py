@@ -83,6 +83,6 @@ def test_linear_migration_history():
 
     revisions = list(ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions())
     # 0001: initial schema; 0002: RL samples and per-passage evaluations; 0003: RL work leases;
-    # 0004: few-shot task jobs.
-    assert [r.revision for r in revisions] == ["0004", "0003", "0002", "0001"]
-    assert [r.down_revision for r in revisions] == ["0003", "0002", "0001", None]
+    # 0004: few-shot task jobs; 0005: the retention gate (job recipe, max_forgetting, error_code).
+    assert [r.revision for r in revisions] == ["0005", "0004", "0003", "0002", "0001"]
+    assert [r.down_revision for r in revisions] == ["0004", "0003", "0002", "0001", None]

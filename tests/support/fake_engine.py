@@ -28,17 +28,27 @@ class FakeResult:
 class FakeEngine:
     """adapt/save/bundle stand-ins; ``during`` runs inside adapt, between progress reports."""
 
-    def __init__(self, settings, during=None, fail: BaseException | None = None) -> None:
+    def __init__(self, settings, during=None, fail: BaseException | None = None, forgetting: float = 0.0) -> None:
         self.settings = settings
         self.during = during
         self.fail = fail
+        self.forgetting = forgetting  # what the "trained adapter" forgets, checked against max_forgetting
         self.calls = 0
+        self.extra: dict = {}  # the recipe keywords of the last call
 
     def bundle(self, _settings):
         return SimpleNamespace(model_id=self.settings.model_id)
 
-    def adapt(self, bundle, docs, settings, *, strategy, template, k, lora, questions, seed, progress):
+    def adapt(self, bundle, docs, settings, *, strategy, template, k, lora, questions, seed, progress,
+              training_format="text", replay=0, anchors=0, anchor_weight=1.0, scale=1.0, fallback_scales=(),
+              measure_forgetting=False, max_forgetting=None):
+        # The recipe keywords of the real adapt (no ``policy``: this engine cannot apply one).
         self.calls += 1
+        self.extra = {"training_format": training_format, "replay": replay, "anchors": anchors,
+                      "anchor_weight": anchor_weight, "scale": scale, "fallback_scales": list(fallback_scales),
+                      "measure_forgetting": measure_forgetting,
+                      "max_forgetting": max_forgetting}
+        extra = self.extra
         progress("self_edits", 0, len(docs))
         progress("self_edits", len(docs), len(docs))
         if self.during:
@@ -47,6 +57,11 @@ class FakeEngine:
             progress("training", step, 3)
         if self.fail:
             raise self.fail
+        if extra.get("measure_forgetting"):
+            from seal_engine.knowledge.forgetting import Forgetting, enforce
+
+            progress("forgetting", 1, 1)
+            enforce(Forgetting(1.0 - self.forgetting, 48, 0.1), extra.get("max_forgetting"))
         return FakeResult(strategy, k, len(docs))
 
     @staticmethod

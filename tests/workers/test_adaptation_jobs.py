@@ -82,16 +82,51 @@ def test_success_registers_one_adapter_and_redelivery_is_a_no_op(svc):
         assert db.scalar(select(func.count()).select_from(SelfEdit).where(SelfEdit.job_id == job_id)) == 4
 
 
-@pytest.mark.parametrize(("exc", "reason"), [
-    (DocumentError("document text is empty"), "document text is empty"),
-    (RuntimeError("boom\n  at line 3"), "RuntimeError: boom at line 3"),
+@pytest.mark.parametrize(("exc", "code", "reason"), [
+    (DocumentError("document text is empty"), "invalid_value", "document text is empty"),
+    (RuntimeError("boom\n  at line 3"), "internal_error", "RuntimeError: boom at line 3"),
+    (MemoryError("CUDA out of memory"), "out_of_memory", "out of memory: CUDA out of memory"),
 ])
-def test_failure_is_readable_and_registers_nothing(svc, exc, reason):
+def test_failure_is_readable_and_registers_nothing(svc, exc, code, reason):
     job_id = _job(svc)
     assert FakeEngine(svc.settings, fail=exc).run(job_id) == "failed"
     job = svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()
-    assert job["status"] == "failed" and job["error"] == reason and job["adapter_id"] is None
+    assert job["status"] == "failed" and job["adapter_id"] is None
+    assert job["error"] == {"code": code, "message": reason}
     assert _counts(svc.settings, job_id) == (0, 0, 0)
+
+
+def test_adapter_over_the_forgetting_bound_is_rejected_with_the_figure(svc):
+    job_id = _job(svc, max_forgetting=0.1, recipe={"anchors": 8, "scale": 0.8})
+    eng = FakeEngine(svc.settings, forgetting=0.25)
+    assert eng.run(job_id) == "failed"
+    # The request's recipe and bound reach the engine on top of the server's recipe.
+    assert eng.extra["anchors"] == 8 and eng.extra["scale"] == 0.8 and eng.extra["max_forgetting"] == 0.1
+    assert eng.extra["training_format"] == svc.settings.recipe.training_format and eng.extra["measure_forgetting"]
+    job = svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()
+    assert job["status"] == "failed" and job["adapter_id"] is None
+    assert job["error"]["code"] == "forgetting_exceeded" and "25.0%" in job["error"]["message"]
+    assert job["metrics"]["forgetting"] == pytest.approx(0.25) and job["metrics"]["max_forgetting"] == 0.1
+    assert job["max_forgetting"] == 0.1 and job["recipe"] == {"anchors": 8, "scale": 0.8}
+    assert _counts(svc.settings, job_id) == (0, 0, 0)  # nothing half-registered
+
+
+def test_adapter_within_the_bound_is_registered(svc):
+    job_id = _job(svc, max_forgetting=0.3)
+    eng = FakeEngine(svc.settings, forgetting=0.25)
+    assert eng.run(job_id) == "succeeded" and eng.extra["max_forgetting"] == 0.3
+    assert _counts(svc.settings, job_id) == (1, 1, 0)
+
+
+def test_server_bound_applies_when_the_request_gives_none(tmp_path):
+    settings = service_settings(tmp_path, TEST_DATA_DIR, recipe={"max_forgetting": 0.05})
+    with api_client(settings) as client:
+        h = bearer(new_key(settings, "acme"))
+        job = client.post("/v1/adaptations", headers=h, json={"documents": DOCS}).json()
+        assert job["max_forgetting"] == 0.05 and job["strategy"] == settings.recipe.strategy
+        assert job["num_self_edits"] == settings.recipe.num_self_edits
+        assert FakeEngine(settings, forgetting=0.1).run(job["id"]) == "failed"
+        assert client.get(f"/v1/adaptations/{job['id']}", headers=h).json()["error"]["code"] == "forgetting_exceeded"
 
 
 def test_failure_while_registering_leaves_no_files(svc, monkeypatch):
@@ -209,7 +244,7 @@ def test_job_that_keeps_killing_workers_is_failed(svc):
     eng = FakeEngine(svc.settings)
     assert eng.run(job_id) == "skipped" and eng.calls == 0
     job = _job_row(svc.settings, job_id)
-    assert job.status == "failed" and "giving up" in job.error
+    assert job.status == "failed" and "giving up" in job.error and job.error_code == "worker_lost"
 
 
 def test_recovery_sweep_resends_lost_jobs_once(svc):

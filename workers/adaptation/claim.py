@@ -26,6 +26,7 @@ from seal_service.db.models import (
 from seal_service.db.session import session_scope
 from seal_service.settings import Settings
 from seal_service.storage import remove_unregistered
+from workers.errors import WORKER_LOST
 from workers.identity import holder_is_dead
 
 log = logging.getLogger("seal.worker")
@@ -51,6 +52,8 @@ class JobSpec:
     attempts: int
     documents: list[tuple[str, str, str]] = field(default_factory=list)  # (id, title, text)
     task: dict[str, Any] | None = None  # a few-shot task job: {"task": {...}, "recipe"?: {...}}
+    recipe: dict[str, Any] = field(default_factory=dict)  # RecipeSettings overrides of the request
+    max_forgetting: float | None = None  # the request's bound; None: the worker's setting
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -91,7 +94,7 @@ def claim(settings: Settings, job_id: str, worker: str, *, wait: bool = True) ->
                 s.execute(
                     update(AdaptationJob).where(AdaptationJob.id == job_id, AdaptationJob.status.in_((QUEUED, RUNNING)))
                     .values(status=FAILED, stage="failed", finished_at=now, lease_until=None, updated_at=now,
-                            error=f"the job was started {attempts} times and its worker stopped each time "
+                            error_code=WORKER_LOST, error=f"the job was started {attempts} times and its worker stopped each time "
                                   "(crash, out of memory or kill); giving up")
                     .execution_options(synchronize_session=False)
                 )
@@ -103,7 +106,7 @@ def claim(settings: Settings, job_id: str, worker: str, *, wait: bool = True) ->
                 .where(AdaptationJob.id == job_id, AdaptationJob.status.in_((QUEUED, RUNNING)), cond)
                 .values(status=RUNNING, worker=worker, lease_until=now + timedelta(seconds=settings.job_lease_s),
                         claimed_at=now, attempts=AdaptationJob.attempts + 1, started_at=started_at or now,
-                        stage="starting", error=None, updated_at=now)
+                        stage="starting", error=None, error_code=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             if res.rowcount == 1:
@@ -138,5 +141,5 @@ def _read_spec(s: Session, job_id: str) -> JobSpec:
         template=job.template, policy_id=job.policy_id, policy_path=policy_path, num_self_edits=job.num_self_edits,
         lora=dict(job.lora or {}), eval_questions=list(job.eval_questions or []), seed=job.seed,
         adapter_id=job.adapter_id, attempts=job.attempts, documents=[tuple(d) for d in docs],
-        task=dict(job.task) if job.task else None,
+        task=dict(job.task) if job.task else None, recipe=dict(job.recipe or {}), max_forgetting=job.max_forgetting,
     )

@@ -59,7 +59,7 @@ def register(settings: Settings, spec: JobSpec, worker: str, produced: Produced,
             update(AdaptationJob)
             .where(AdaptationJob.id == spec.id, AdaptationJob.status == RUNNING, AdaptationJob.worker == worker)
             .values(status=SUCCEEDED, stage="done", progress=1.0, metrics=produced.metrics, finished_at=now,
-                    lease_until=None, error=None, updated_at=now)
+                    lease_until=None, error=None, error_code=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
         if res.rowcount != 1:
@@ -92,12 +92,15 @@ def register(settings: Settings, spec: JobSpec, worker: str, produced: Produced,
     return True
 
 
-def mark_failed(settings: Settings, job_id: str, worker: str, reason: str) -> None:
+def mark_failed(settings: Settings, job_id: str, worker: str, reason: str, code: str,
+                metrics: dict[str, Any] | None = None) -> None:
+    """The job failed with ``reason`` (``code`` its kind); ``metrics``: what was measured before it did."""
     now = utcnow()
     with session_scope(settings.resolved_database_url) as s:
         s.execute(
             update(AdaptationJob)
             .where(AdaptationJob.id == job_id, AdaptationJob.status == RUNNING, AdaptationJob.worker == worker)
-            .values(status=FAILED, stage="failed", error=reason, finished_at=now, lease_until=None, updated_at=now)
+            .values(status=FAILED, stage="failed", error=reason, error_code=code, metrics=metrics, finished_at=now,
+                    lease_until=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from seal_engine.errors import SealError
 from seal_service.db.models import CANCELLED, FAILED, SUCCEEDED
 from seal_service.settings import Settings
 from seal_service.storage import JOB_MARKER, adapter_dir, fsync_dir, new_tmp_dir, publish, remove_unregistered
@@ -37,7 +38,7 @@ from workers.adaptation.claim import JobSpec, claim
 from workers.adaptation.lease import STAGES, STAGES_NO_EVAL, Lease
 from workers.adaptation.register import Produced, complete_record, mark_failed, register
 from workers.engine import load_model
-from workers.errors import JobCancelled, JobError, LeaseLost, readable
+from workers.errors import JobCancelled, JobError, LeaseLost, error_code, readable
 from workers.identity import worker_identity
 
 log = logging.getLogger("seal.worker")
@@ -123,7 +124,8 @@ def run_adaptation(
     except Exception as e:  # everything else is a failed job with a reason
         reason = readable(e)
         log.exception("job %s failed: %s", job_id, reason)
-        mark_failed(settings, job_id, worker, reason)
+        details = e.details() if isinstance(e, SealError) else None
+        mark_failed(settings, job_id, worker, reason, error_code(e), metrics=details)
         _cleanup(settings, spec, tmp)
         return FAILED
 
@@ -168,6 +170,15 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
     docs = [Document(text=text, title=title) for _id, title, text in spec.documents]
     questions = [Question(q["question"], q["answer"]) for q in spec.eval_questions] or None
     lora = LoraSettings.model_validate(spec.lora)
+    recipe = settings.recipe.model_copy(update=spec.recipe)
+    max_forgetting = spec.max_forgetting if spec.max_forgetting is not None else recipe.max_forgetting
+    # The recipe's training knobs and the retention gate, for an engine that takes them.
+    for name, value in [*recipe.adapt_kwargs().items(), ("measure_forgetting", True),
+                        ("max_forgetting", max_forgetting)]:
+        if _takes_keyword(adapt_fn, name):
+            extra[name] = value
+        elif name in spec.recipe or (name == "max_forgetting" and spec.max_forgetting is not None):
+            raise JobError(f"this engine version cannot apply {name!r}")  # asked for by the request
 
     lease.progress("self_edits", 0.0, force=True)
     result = adapt_fn(

@@ -104,7 +104,7 @@ def test_labelled_loss_equals_the_full_logits_loss_and_its_gradients(fp32_bundle
         rows.append((p + a, [IGNORE] * len(p) + a))  # loss on the answer only, rows of different lengths
     batch = collate_sft(rows, tok.pad_token_id)
     torch.manual_seed(0)
-    model = get_peft_model(b.model, lora_config(LoraSettings(r=4), b.model_id))
+    model = get_peft_model(b.model, lora_config(LoraSettings(rank=4), b.model_id, b))
     try:
         for name, p in model.named_parameters():  # non-zero B, so the LoRA gradients are non-trivial
             if "lora_B" in name:

@@ -155,7 +155,7 @@ def random_adapter(bundle, rank: int, seed: int, targets: list[str] | None = Non
     g = torch.Generator().manual_seed(seed)
     state = {k: torch.randn(v.shape, generator=g) * (0.02 if "lora_B" in k else 0.05)
              for k, v in peft_initial_state(bundle, cfg, seed).items()}
-    return LoraAdapter(lora_config(cfg, bundle.model_id), state)
+    return LoraAdapter(lora_config(cfg, bundle.model_id, bundle), state)
 
 
 def training_kernel_logits(bundle, adapters, rows, ids):

@@ -1,0 +1,149 @@
+"""Adaptation quality on the user's path: what an adapter learned, what it forgot, how long it took.
+
+For each recipe (keyword arguments of :func:`seal_engine.knowledge.adapt.adapt`) and each
+passage, one adapter is trained on that passage alone, then:
+
+  (a) learned: the passage's questions asked as a chat user asks them through
+      ``/v1/chat/completions`` (one plain user turn, the model's own template, greedy, the
+      serving decoder), graded ``contains`` and F1 on the first ``short_tokens`` tokens of
+      the reply and on ``read_tokens`` (what a user reads); the base model beside it;
+  (b) forgot: probe forgetting on the *report* half of the general-fact probes (never seen
+      by any training data, reward or gate) and answer drift (nats/token) of the base
+      model's own replies to the report half of the generic prompts
+      (:mod:`seal_engine.knowledge.forgetting`);
+  (c) seconds for the adaptation alone (self-edits + training).
+
+Every recipe's adapters for a passage are evaluated together in shared decode batches.
+``bench/quality.py`` and ``seal eval --path chat`` run it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from seal_engine.config import EngineSettings
+from seal_engine.core.grading import grade_offline
+from seal_engine.core.model import ModelBundle
+from seal_engine.knowledge.adapt import adapt
+from seal_engine.knowledge.documents import Document
+from seal_engine.knowledge.forgetting import ForgettingCheck, ForgettingExceeded, measure_forgetting
+from seal_engine.knowledge.qa import chat_answers
+
+# Per recipe, the figures a summary averages over passages.
+FIGURES = ("contains_read", "f1_read", "contains_short", "f1_short", "base_contains_read", "forgetting", "drift_nll",
+           "seconds")
+
+
+def first_tokens(bundle: ModelBundle, text: str, n: int) -> str:
+    ids = bundle.tokenizer(text, add_special_tokens=False)["input_ids"][:n]
+    return bundle.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def grade_replies(bundle: ModelBundle, answers: Sequence[str], golds: Sequence[str], short: int) -> dict[str, float]:
+    """``contains`` and F1 of whole replies (``_read``) and of their first ``short`` tokens (``_short``)."""
+    out: dict[str, float] = {}
+    for tag, texts in (("read", list(answers)), ("short", [first_tokens(bundle, a, short) for a in answers])):
+        grades = [grade_offline(a, g) for a, g in zip(texts, golds)]
+        for grader in ("contains", "f1"):
+            out[f"{grader}_{tag}"] = statistics.fmean(g[grader] for g in grades) if grades else 0.0
+    return out
+
+
+def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Document,
+                     recipes: Mapping[str, Mapping[str, Any]], check: ForgettingCheck, *, read_tokens: int = 128,
+                     short_tokens: int = 32, seed: int = 0) -> list[dict]:
+    """One row per recipe: the adapter for ``doc`` trained by it, graded as above.
+
+    A recipe's ``lora`` entry overrides the settings' LoRA fields. A recipe with a
+    ``max_forgetting`` gate whose adapter is rejected leaves the user the base model: its row
+    says ``rejected`` and carries the base model's answers (nothing learned, nothing forgotten)."""
+    adapters, rows, rejected = [], [], []
+    for name, recipe in recipes.items():
+        spec = dict(recipe)
+        lora = settings.lora.model_copy(update=spec.pop("lora", {}))
+        t = time.perf_counter()
+        try:
+            result = adapt(bundle, [doc], settings, lora=lora, questions=[], seed=seed, **spec)
+        except ForgettingExceeded as e:
+            rejected.append({"recipe": name, "title": doc.title, "seconds": time.perf_counter() - t, "rejected": True,
+                             "gate_forgetting": e.measured.forgetting, "forgetting": 0.0, "retained": 1.0,
+                             "probes": len(check.probes), "drift_nll": 0.0})
+            continue
+        seconds = time.perf_counter() - t
+        adapters.append(result.adapter)
+        rows.append({"recipe": name, "title": doc.title, "seconds": seconds, "timings": result.timings,
+                     "train_steps": len(result.adapter.losses), "examples": result.adapter.num_sequences,
+                     "rejected": False, "fallbacks": result.fallbacks,
+                     "gate_forgetting": result.forgetting.forgetting if result.forgetting else None})
+    questions = [q.question for q in doc.questions]
+    golds = [q.answer for q in doc.questions]
+    subjects = [None, *adapters]
+    answers = chat_answers(bundle, questions * len(subjects), [a for a in subjects for _ in questions],
+                           max_tokens=read_tokens)
+    per = [answers[i * len(questions) : (i + 1) * len(questions)] for i in range(len(subjects))]
+    base = grade_replies(bundle, per[0], golds, short_tokens)
+    forgot = measure_forgetting(bundle, check, adapters)
+    for row, mine, f in zip(rows, per[1:], forgot):
+        row.update(grade_replies(bundle, mine, golds, short_tokens))
+        row.update({f"base_{k}": v for k, v in base.items()})
+        row.update(f.to_dict())
+        row["answers"] = mine
+    for row in rejected:
+        row.update(grade_replies(bundle, per[0], golds, short_tokens))
+        row.update({f"base_{k}": v for k, v in base.items()})
+        row["answers"] = per[0]
+    return [*rows, *rejected]
+
+
+def mean_se(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error (nan where undefined)."""
+    if not xs:
+        return float("nan"), float("nan")
+    m = statistics.fmean(xs)
+    se = statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan")
+    return m, se
+
+
+def summarize(rows: Sequence[dict], recipes: Sequence[str]) -> dict[str, dict]:
+    """Per recipe: mean and standard error of every figure over passages, the median seconds,
+    and whether the recipe is Pareto-optimal (no other is at least as good on accuracy,
+    forgetting and seconds, and better on one)."""
+    table: dict[str, dict] = {}
+    for name in recipes:
+        mine = [r for r in rows if r["recipe"] == name]
+        if not mine:
+            continue
+        entry: dict[str, Any] = {"passages": len(mine)}
+        for key in FIGURES:
+            vals = [r[key] for r in mine if r.get(key) is not None]
+            entry[key], entry[key + "_se"] = mean_se(vals)
+        entry["seconds_median"] = statistics.median(r["seconds"] for r in mine)
+        entry["rejected"] = sum(1 for r in mine if r.get("rejected"))
+        table[name] = entry
+    for name, e in table.items():
+        mine = (e["contains_read"], -e["forgetting"], -e["seconds_median"])
+        e["pareto"] = not any(
+            all(a >= b for a, b in zip(theirs, mine)) and theirs != mine
+            for other, o in table.items() if other != name
+            for theirs in [(o["contains_read"], -o["forgetting"], -o["seconds_median"])]
+        )
+    return table
+
+
+def markdown_table(table: Mapping[str, dict], short: int, read: int) -> str:
+    lines = [f"| recipe | n | contains@{read} | F1@{read} | contains@{short} | forgetting (report probes) "
+             "| drift (nats/tok) | s/doc (median) | rejected | Pareto |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, e in table.items():
+        lines.append(
+            f"| {name} | {e['passages']} | {100 * e['contains_read']:.1f} +- {100 * e['contains_read_se']:.1f} "
+            f"| {100 * e['f1_read']:.1f} +- {100 * e['f1_read_se']:.1f} "
+            f"| {100 * e['contains_short']:.1f} +- {100 * e['contains_short_se']:.1f} "
+            f"| {100 * e['forgetting']:.1f} +- {100 * e['forgetting_se']:.1f} "
+            f"| {e['drift_nll']:.3f} +- {e['drift_nll_se']:.3f} | {e['seconds_median']:.1f} "
+            f"| {e.get('rejected', 0)} | {'yes' if e['pareto'] else ''} |")
+    if table:
+        lines.append(f"\nno adaptation: contains@{read} {100 * next(iter(table.values()))['base_contains_read']:.1f}%")
+    return "\n".join(lines)

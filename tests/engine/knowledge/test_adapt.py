@@ -1,0 +1,67 @@
+"""One adaptation end to end on the real tiny model: progress moves within every stage, the recipe knobs apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from seal_engine.knowledge.documents import Document
+
+DOC = Document("The Zorblax Institute is a research centre in Valparaiso. It was founded in 1887 by the chemist "
+               "Marguerite Okonkwo.", "Zorblax Institute")
+
+
+@pytest.mark.slow
+def test_progress_moves_within_every_stage(bundle, engine_settings) -> None:
+    from seal_engine.config import LoraSettings
+    from seal_engine.knowledge.adapt import adapt
+
+    settings = engine_settings.model_copy(update={
+        "forgetting_probes": 24, "forgetting_prompts": 4, "forgetting_probe_tokens": 8,
+        "sampling": engine_settings.sampling.model_copy(update={"max_new_tokens": 12})})
+    seen: dict[str, list[float]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        seen.setdefault(stage, []).append(done / total)
+
+    result = adapt(bundle, [DOC], settings, strategy="implications", k=1, questions=[], measure_forgetting=True,
+                   lora=LoraSettings(epochs=3, batch_size=1), progress=progress, anchors=2)
+    assert list(seen) == ["self_edits", "training", "forgetting"]
+    for stage, fractions in seen.items():
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0, (stage, fractions)
+        # Not just a start and an end: intermediate values while the stage runs (per decoding step,
+        # per optimizer step, per probe batch).
+        assert len({f for f in fractions if 0.0 < f < 1.0}) >= (1 if stage == "forgetting" else 2), (stage, fractions)
+    assert len(result.adapter.losses) == 3 * len(result.sequences)
+    assert result.forgetting is not None and result.metrics()["forgetting"] == result.forgetting.forgetting
+
+
+@pytest.mark.slow
+def test_scale_zero_is_the_base_model(bundle, engine_settings) -> None:
+    from seal_engine.config import LoraSettings
+    from seal_engine.knowledge.adapt import adapt
+
+    settings = engine_settings.model_copy(update={"forgetting_probes": 16, "forgetting_prompts": 2})
+    result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], measure_forgetting=True, scale=1e-6,
+                   lora=LoraSettings(epochs=20, learning_rate=1e-2))
+    assert result.forgetting.forgetting == 0.0 and abs(result.forgetting.drift_nll) < 1e-3
+
+
+@pytest.mark.slow
+def test_the_gate_falls_back_to_a_scaled_down_update_before_rejecting(bundle, engine_settings) -> None:
+    from seal_engine.config import LoraSettings
+    from seal_engine.knowledge.adapt import adapt
+    from seal_engine.knowledge.forgetting import ForgettingExceeded
+
+    settings = engine_settings.model_copy(update={"forgetting_probes": 24, "forgetting_prompts": 2})
+    harsh = LoraSettings(epochs=30, learning_rate=1e-2)
+    with pytest.raises(ForgettingExceeded):  # every fallback still forgets too much
+        adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=0.05, lora=harsh,
+              fallback_scales=[0.9])
+    result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=0.05, lora=harsh,
+                   fallback_scales=[0.9, 1e-4])
+    assert [round(f["scale"], 6) for f in result.fallbacks] == [0.9, 0.0001]
+    assert result.forgetting.forgetting <= 0.05 and result.fallbacks[-1]["forgetting"] == result.forgetting.forgetting
+    assert result.metrics()["forgetting_fallbacks"] == result.fallbacks
+    # The adapter returned is the scaled one: its update is 1e-4 of the trained one.
+    key = next(k for k in result.adapter.state if ".lora_B." in k)
+    assert result.adapter.state[key].abs().max() < 1e-3
