@@ -98,7 +98,7 @@ def run_jobs(args: argparse.Namespace, base: str, key: str, serve: Proc, results
     """Part 1: adaptation jobs; returns the adapter ids."""
     passages = json.loads(DEV.read_text())
     latencies, adapters = [], []
-    for i in range(max(args.jobs, args.adapters)):
+    for i in range(args.jobs if args.no_chat else max(args.jobs, args.adapters)):
         p = passages[i]
         t = time.perf_counter()
         body: dict = {"documents": [{"title": p["title"], "text": p["context"]}]}
@@ -135,6 +135,7 @@ def main() -> None:
     ap.add_argument("--stagger", type=float, default=0.0, help="seconds between request arrivals (0: all at once)")
     ap.add_argument("--data-dir", default=str(Path.home() / ".cache" / "seal-test"))
     ap.add_argument("--chat-only", action="store_true", help="skip the jobs; chat with random adapters")
+    ap.add_argument("--no-chat", action="store_true", help="the jobs only (part 1)")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args()
 
@@ -162,6 +163,8 @@ def main() -> None:
         else:
             wait_http(base + "/readyz", 300, serve)
             adapters = run_jobs(args, base, key, serve, results)
+        if args.no_chat:
+            return
 
         base_model = httpx.get(f"{base}/v1/models", headers=bearer(key)).json()["data"][0]["id"]
         for name, models in (("base", [base_model]), (f"{args.adapters}_adapters", adapters[: args.adapters])):
@@ -174,8 +177,8 @@ def main() -> None:
         print(f"{args.adapters} adapters / base: {results['adapters_vs_base']:.2f}x")
     finally:
         serve.stop(timeout=60)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(results, indent=1))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def summarize(rows: Sequence[dict], recipes: Sequence[str]) -> dict[str, dict]:
         for key in FIGURES:
             vals = [r[key] for r in mine if r.get(key) is not None]
             entry[key], entry[key + "_se"] = mean_se(vals)
-        entry["seconds_median"] = statistics.median(r["seconds"] for r in mine)
+        timed = [r["seconds"] for r in mine if r.get("seconds") is not None]
+        entry["seconds_median"] = statistics.median(timed) if timed else float("nan")
         entry["rejected"] = sum(1 for r in mine if r.get("rejected"))
         table[name] = entry
     for name, e in table.items():
