@@ -65,3 +65,22 @@ def test_the_gate_falls_back_to_a_scaled_down_update_before_rejecting(bundle, en
     # The adapter returned is the scaled one: its update is 1e-4 of the trained one.
     key = next(k for k in result.adapter.state if ".lora_B." in k)
     assert result.adapter.state[key].abs().max() < 1e-3
+
+
+@pytest.mark.slow
+def test_the_default_recipe_passes_the_default_gate_and_learns(bundle, engine_settings) -> None:
+    from seal_engine.config import EngineSettings
+    from seal_engine.knowledge.adapt import adapt
+    from seal_engine.knowledge.documents import Question
+    from seal_engine.knowledge.qa import chat_answers
+
+    defaults = EngineSettings()
+    settings = engine_settings.model_copy(update={"recipe": defaults.recipe, "lora": defaults.lora})
+    recipe = settings.recipe
+    assert recipe.max_forgetting is not None  # the service's default gate is on
+    result = adapt(bundle, [DOC], settings, questions=[Question("Who founded the Zorblax Institute?", "Okonkwo")],
+                   max_forgetting=recipe.max_forgetting, fallback_scales=recipe.fallback_scales,
+                   **{k: v for k, v in recipe.adapt_kwargs().items() if k != "fallback_scales"})
+    assert result.forgetting is not None and result.forgetting.forgetting <= recipe.max_forgetting
+    [reply] = chat_answers(bundle, ["Who founded the Zorblax Institute?"], [result.adapter], max_tokens=64)
+    assert "okonkwo" in reply.lower(), reply
