@@ -181,30 +181,40 @@ def adapt(
     if measure_forgetting or max_forgetting is not None:
         t = time.perf_counter()
         report("forgetting", 0, 1)
-        result.forgetting = gate_forgetting(bundle, settings, adapter,
-                                            progress=lambda done, total: report("forgetting", done, total))
         # Over the bound: the same update scaled down (a point nearer the base model), no retraining.
-        for fallback in fallback_scales if max_forgetting is not None else ():
+        tries = list(fallback_scales) if max_forgetting is not None else []
+
+        def check_progress(n: int) -> Callable[[int, int], None]:
+            # Check n of at most len(tries) + 1 gets its share of the stage's progress.
+            return lambda done, total: report("forgetting", n * total + done, (len(tries) + 1) * total)
+
+        result.forgetting = gate_forgetting(bundle, settings, adapter, progress=check_progress(0))
+        for n, fallback in enumerate(tries, start=1):
             if result.forgetting.forgetting <= max_forgetting:
                 break
             candidate = adapter.scaled(fallback)
-            measured = gate_forgetting(bundle, settings, candidate)
+            measured = gate_forgetting(bundle, settings, candidate, progress=check_progress(n))
             result.fallbacks.append({"scale": scale * fallback, "forgetting": measured.forgetting})
             if measured.forgetting < result.forgetting.forgetting or measured.forgetting <= max_forgetting:
                 result.adapter, result.forgetting = candidate, measured
         timings["forgetting_s"] = time.perf_counter() - t
         report("forgetting", 1, 1)
-        enforce(result.forgetting, max_forgetting)
+        enforce(result.forgetting, max_forgetting, fallbacks=result.fallbacks)
         adapter = result.adapter
     if qs:
         t = time.perf_counter()
         report("evaluation", 0, 1)
         subjects = [None, adapter] if evaluate_baseline else [adapter]
-        scores = score_adapters(bundle, qs, subjects, settings, judge=judge, with_retention=measure_retention)
+        # The gate already measured what was kept (on the probes the base answers): not measured twice.
+        gated = result.forgetting is not None
+        scores = score_adapters(bundle, qs, subjects, settings, judge=judge,
+                                with_retention=measure_retention and not gated)
         if evaluate_baseline:
             result.baseline = scores[0].qa
         result.adapted = scores[-1].qa
-        if measure_retention:
+        if gated:
+            result.reward = reward_for(result.adapted, result.forgetting.retained, 1.0, settings)
+        elif measure_retention:
             base_ret = scores[0].retention if evaluate_baseline else baseline_retention(bundle, settings)
             result.reward = reward_for(result.adapted, scores[-1].retention, base_ret, settings)
         report("evaluation", 1, 1)

