@@ -42,15 +42,23 @@ def _unauthorized(message: str) -> APIError:
 
 
 def current_principal(
-    db: Annotated[Session, Depends(get_db, scope="function")],
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller, from its API key; charged one request of its tenant's rate limit.
+
+    The key is looked up in a session of its own, closed at once: a request that then
+    generates for seconds (or streams for minutes) holds no database connection meanwhile.
+    """
     if credentials is None or not credentials.credentials:
         raise _unauthorized("missing API key (Authorization: Bearer <key>)")
-    row = lookup_key(db, credentials.credentials)
-    if row is None:
+    with request.app.state.sessionmaker() as db:
+        row = lookup_key(db, credentials.credentials)
+        principal = Principal(row.id, row.tenant_id, row.is_admin) if row is not None else None
+    if principal is None:
         raise _unauthorized("invalid API key")
-    return Principal(row.id, row.tenant_id, row.is_admin)
+    request.app.state.limits.charge_request(principal.tenant_id)
+    return principal
 
 
 def require_admin(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:

@@ -10,14 +10,16 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api import errors
+from api import errors, openapi
 from api.backends import InferenceService, RuntimeLoras, make_backend
+from api import limits
+from api.limits import Limits, generation_slot
 from api.middleware import BodySizeLimit
 from api.routes import adaptations, admin, completions, documents, health, lora_adapters, models, tasks
 from seal_service.db.migrate import upgrade_head
-from seal_service.db.session import session_factory
+from seal_service.db.session import configure_pool, session_factory
 from seal_service.settings import Settings, get_settings
 
 log = logging.getLogger("seal.api")
@@ -54,15 +56,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await backend.stop()
 
-    app = FastAPI(title="seal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc are served with local assets by api.openapi (FastAPI's pages load a CDN).
+    app = FastAPI(title="seal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
+    configure_pool(settings.resolved_database_url, size=settings.db_pool_size, overflow=settings.db_max_overflow,
+                   timeout_s=settings.db_pool_timeout_s)
     app.state.sessionmaker = session_factory(settings.resolved_database_url)
+    app.state.limits = Limits(settings)
     app.state.celery = make_celery(settings)
     app.state.inference = inference
     app.state.backend = backend
     app.state.runtime_loras = RuntimeLoras()
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
-    for module in (health, adaptations, tasks, documents, models, completions, lora_adapters, admin):
+    limits.install(app)
+    for module in (health, adaptations, tasks, documents, models, lora_adapters, admin):
         app.include_router(module.router)
+    # Generation holds an admission slot (and is charged to the tenant's token budget) until its response is sent.
+    app.include_router(completions.router, dependencies=[Depends(generation_slot)])
+    openapi.install(app, settings)  # after every router: documents their error responses
     return app

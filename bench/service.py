@@ -30,6 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.load import write_random_adapters  # noqa: E402
 from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_http  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared/data/squad/dev.json"
@@ -64,34 +65,6 @@ async def chat_burst(base: str, key: str, models: list[str], n: int, tokens: int
         t = time.perf_counter()
         done = await asyncio.gather(*(one(i, i * stagger) for i in range(n)))
         return time.perf_counter() - t, sum(c for c, _ in done), [lat for _, lat in done]
-
-
-def write_random_adapters(data_dir: str, directory: Path, n: int) -> list[Path]:
-    """n adapters of the default LoRA shape with random weights, without loading the model."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from seal_engine.core.lora import LoraAdapter, lora_config
-    from seal_engine.core.model import default_model_dir
-    from seal_engine.config import DEFAULT_MODEL_ID, EngineSettings
-
-    settings = EngineSettings(data_dir=data_dir)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(default_model_dir(settings)))
-    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    shapes = {name: (m.in_features, m.out_features) for name, m in model.named_modules()
-              if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets}
-    r = settings.lora.rank
-    config = lora_config(settings.lora.model_copy(update={"target_modules": list(targets)}), DEFAULT_MODEL_ID)
-    paths = []
-    for i in range(n):
-        g = torch.Generator().manual_seed(i)
-        state = {}
-        for name, (d_in, d_out) in shapes.items():
-            state[f"base_model.model.{name}.lora_A.weight"] = torch.randn(r, d_in, generator=g) * 0.05
-            state[f"base_model.model.{name}.lora_B.weight"] = torch.randn(d_out, r, generator=g) * 0.02
-        paths.append(LoraAdapter(config, state).save(directory / f"adapter{i}"))
-    return paths
 
 
 def run_jobs(args: argparse.Namespace, base: str, key: str, serve: Proc, results: dict) -> list[str]:

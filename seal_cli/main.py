@@ -12,6 +12,7 @@ import typer
 
 from seal_cli.commands.adapt import adapt, ask
 from seal_cli.commands.eval import eval_
+from seal_cli.commands.keys import keys_list, keys_revoke
 from seal_cli.commands.probes import probes_app
 from seal_cli.commands.rl import rl
 from seal_cli.commands.service import keys_app, serve, worker
@@ -25,6 +26,8 @@ app.command("rl")(rl)
 app.add_typer(probes_app, name="probes")
 app.command("serve")(serve)
 app.command("worker")(worker)
+keys_app.command("revoke")(keys_revoke)
+keys_app.command("list")(keys_list)
 app.add_typer(keys_app, name="keys")
 
 

@@ -51,6 +51,9 @@ class Settings(EngineSettings):
     # Completions: largest max_tokens and n a request may ask for.
     max_completion_tokens: int = Field(512, ge=1)
     max_choices: int = Field(8, ge=1, le=128)
+    # Most tokens one completion request may ask to generate: prompts x n x max_tokens (one full
+    # batch of max_completion_tokens by default).
+    max_request_tokens: int = Field(16384, ge=1)
     # Most rows (choices) decoded together; further requests wait for a row to finish.
     max_batch_size: int = Field(32, ge=1, le=1024)
     # How often the job events stream (SSE) looks at the job.
@@ -59,6 +62,24 @@ class Settings(EngineSettings):
     default_max_tokens: int = Field(256, ge=1)
     # Send a keep-alive comment on the events stream this often.
     events_ping_s: float = Field(15.0, gt=0.0)
+
+    # --- overload and fair use (api/limits.py) -------------------------------------------------
+    # Completion requests generating at once per API process; more wait in a queue of this size,
+    # each at most this long, and past that get 503 with Retry-After.
+    max_active_generations: int = Field(64, ge=1, le=100_000)
+    generation_queue_size: int = Field(256, ge=0, le=1_000_000)
+    generation_queue_wait_s: float = Field(30.0, gt=0.0, le=3600.0)
+    # Per tenant (0: no limit), 429 with Retry-After past them: requests a minute on any route,
+    # tokens a minute a completion request may generate (n x max_tokens x prompts), and
+    # adaptation/task jobs queued or running at once.
+    tenant_requests_per_min: int = Field(600, ge=0)
+    tenant_tokens_per_min: int = Field(200_000, ge=0)
+    tenant_max_active_jobs: int = Field(16, ge=0)
+    # Registry connections per process (Postgres): the pool, its overflow, and how long a request
+    # waits for a free connection before a 503.
+    db_pool_size: int = Field(10, ge=1, le=1000)
+    db_max_overflow: int = Field(20, ge=0, le=1000)
+    db_pool_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
 
     # --- generation backend ------------------------------------------------------------------
     # Where /v1/completions and /v1/chat/completions generate: "local" (the model in this
@@ -89,6 +110,11 @@ class Settings(EngineSettings):
     job_lease_s: float = Field(60.0, ge=1.0)
     # Workers write a heartbeat this often; /readyz wants one newer than 3 intervals.
     worker_heartbeat_s: float = Field(10.0, ge=0.2)
+    # A worker whose last heartbeat is older than this is shown `lost` in /v1/admin/workers and no
+    # longer counts for /readyz. Empty: 3 heartbeat periods.
+    worker_lost_after_s: float | None = Field(None, gt=0.0)
+    # Heartbeat rows of lost workers are deleted after this long.
+    worker_prune_after_s: float = Field(3600.0, ge=60.0)
     # Workers re-dispatch jobs whose worker died (expired lease) or whose message was lost this often.
     recovery_interval_s: float = Field(30.0, ge=0.5)
     # A queued job with no worker for this long is dispatched again (lost message).
@@ -105,12 +131,23 @@ class Settings(EngineSettings):
         return None if v in ("", None) else v
 
     @model_validator(mode="after")
+    def _lost_before_pruned(self) -> Settings:
+        if self.worker_prune_after_s <= self.resolved_worker_lost_after_s:
+            raise ValueError("SEAL_WORKER_PRUNE_AFTER_S must exceed SEAL_WORKER_LOST_AFTER_S "
+                             "(default 3 x SEAL_WORKER_HEARTBEAT_S)")
+        return self
+
+    @model_validator(mode="after")
     def _vllm_needs_a_server(self) -> Settings:
         if self.generation_backend == "vllm" and not self.vllm_base_url:
             raise ValueError("SEAL_GENERATION_BACKEND=vllm needs SEAL_VLLM_BASE_URL (e.g. http://vllm:8000/v1)")
         return self
 
     # --- derived -----------------------------------------------------------------------------
+    @property
+    def resolved_worker_lost_after_s(self) -> float:
+        return self.worker_lost_after_s or 3 * self.worker_heartbeat_s
+
     @property
     def resolved_state_dir(self) -> Path:
         return Path(self.state_dir) if self.state_dir else Path(self.data_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from seal_engine.errors import SealError
 
 MAX_ERROR_CHARS = 2000
@@ -34,6 +36,8 @@ def error_code(exc: BaseException) -> str:
         return "invalid_value"
     if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         return "out_of_memory"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk_full"
     return INTERNAL
 
 
@@ -49,6 +53,8 @@ def readable(exc: BaseException) -> str:
         msg = str(exc)
     elif isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
         msg = f"out of memory: {exc}"
+    elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        msg = f"no space left to save the adapter ({exc.filename or 'storage'}): free disk space and retry the job"
     else:
         msg = f"{type(exc).__name__}: {exc}"
     msg = " ".join(msg.split())

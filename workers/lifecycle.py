@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from celery import Celery
 from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
 
 from seal_service.db.base import utcnow
 from seal_service.db.models import QUEUED, RUNNING, AdaptationJob, WorkerHeartbeat
@@ -22,6 +23,11 @@ from workers.rl import leases as rl_leases
 log = logging.getLogger("seal.worker")
 
 
+# Set once this process has its model and the retention gate's base side (or gave up on them):
+# only then does its heartbeat say it is there, so /readyz does not count a worker still loading.
+MODEL_READY = threading.Event()
+
+
 def beat(settings: Settings, worker: str, model_id: str) -> None:
     host, pid = worker.split(":")[0], int(worker.split(":")[1])
     now = utcnow()
@@ -32,8 +38,15 @@ def beat(settings: Settings, worker: str, model_id: str) -> None:
                                   base_model=model_id, started_at=now, last_seen=now))
         else:
             row.last_seen = now
-        # Rows of workers gone for a day are history.
-        s.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < now - timedelta(days=1)))
+        prune(s, settings)
+
+
+def prune(session: Session, settings: Settings) -> int:
+    """Delete the rows of workers lost for over ``worker_prune_after_s`` (SIGKILLed, host gone)."""
+    cutoff = utcnow() - timedelta(seconds=settings.worker_prune_after_s)
+    res = session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.last_seen < cutoff)
+                          .execution_options(synchronize_session=False))
+    return res.rowcount or 0
 
 
 def forget(settings: Settings, worker: str) -> None:
@@ -94,7 +107,11 @@ def recover(settings: Settings, app: Celery) -> list[str]:
 
 
 class Housekeeper:
-    """A thread: heartbeat every ``worker_heartbeat_s``, recovery every ``recovery_interval_s``."""
+    """A thread: heartbeat every ``worker_heartbeat_s``, recovery every ``recovery_interval_s``.
+
+    Recovery starts at once; heartbeats wait for the model (``MODEL_READY``) when the worker
+    preloads it, so that a worker is reported only once it can run a job without loading first.
+    """
 
     def __init__(self, settings: Settings, app: Celery, worker: str) -> None:
         self.settings = settings
@@ -128,10 +145,12 @@ class Housekeeper:
                 log.warning("`seal serve` is gone; shutting this worker down")
                 os.kill(os.getpid(), signal.SIGTERM)
                 return
-            try:
-                beat(self.settings, self.worker, self.settings.model_id)
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            ready = self._ready()
+            if ready:
+                try:
+                    beat(self.settings, self.worker, self.settings.model_id)
+                except Exception:
+                    log.warning("heartbeat failed", exc_info=True)
             if time.monotonic() - self._last_recovery >= self.settings.recovery_interval_s:
                 self._last_recovery = time.monotonic()
                 try:
@@ -142,8 +161,13 @@ class Housekeeper:
                     rl_leases.recover(self.settings, lambda kind, args: dispatch_rl(self.app, self.settings, kind, args))
                 except Exception:
                     log.warning("rl recovery sweep failed", exc_info=True)
-            if self._stop.wait(self.settings.worker_heartbeat_s):
+            # While loading, look often so that the first heartbeat follows readiness closely.
+            period = self.settings.worker_heartbeat_s
+            if self._stop.wait(period if ready else min(period, 0.2)):
                 return
+
+    def _ready(self) -> bool:
+        return not self.settings.worker_preload_model or MODEL_READY.is_set()
 
 
 def preload_model(settings: Settings) -> None:
@@ -159,3 +183,7 @@ def preload_model(settings: Settings) -> None:
         log.info("retention gate ready: %d probes, %d prompts", sum(check.base_correct), len(check.replies))
     except Exception:
         log.exception("could not load the model; jobs will fail with the reason")
+    finally:
+        # Ready either way: a worker that cannot load the model still takes jobs and fails them
+        # with the reason, rather than leaving them queued with no worker reported.
+        MODEL_READY.set()

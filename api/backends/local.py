@@ -28,7 +28,13 @@ from seal_engine.core.lora import LoraAdapter, module_paths
 from seal_engine.core.model import ModelBundle, get_model
 from seal_engine.serving import completions as serving
 from seal_engine.serving.batcher import ContinuousBatcher
-from seal_engine.serving.completions import Completion, CompletionRequest, chat_prompt, count_tokens
+from seal_engine.serving.completions import (
+    Completion,
+    CompletionRequest,
+    Prompt,
+    chat_prompt_ids,
+    count_tokens,
+)
 from seal_service.settings import Settings
 
 log = logging.getLogger("seal.api.inference")
@@ -206,9 +212,9 @@ class LocalBackend(GenerationBackend):
         except Exception as e:
             raise not_found("model", target.model, "model") from e
 
-    async def _check_context(self, prompts: list[str], max_tokens: int, param: str) -> list[int]:
+    async def _check_context(self, prompts: list[Prompt], max_tokens: int, param: str) -> list[int]:
         bundle = await self.inference.get_bundle()
-        counts = await asyncio.to_thread(lambda: [count_tokens(bundle, p) for p in prompts])
+        counts = await asyncio.to_thread(lambda: [serving.prompt_tokens(bundle, p) for p in prompts])
         limit = getattr(bundle.model.config, "max_position_embeddings", None)
         if limit and max(counts) + max_tokens > limit:
             raise APIError(400, f"this model's context is {limit} tokens; the request needs {max(counts)} for the "
@@ -269,7 +275,8 @@ class LocalBackend(GenerationBackend):
         bundle = await self.inference.get_bundle()
         messages = chat_messages(body)
         try:
-            prompt = await asyncio.to_thread(chat_prompt, bundle, messages)
+            # Token ids: the template's control tokens, and the contents as text (no forged turns).
+            prompt = await asyncio.to_thread(chat_prompt_ids, bundle, messages)
         except Exception as e:  # a template that rejects this conversation (e.g. role order)
             raise field_error(("messages",), f"cannot render these messages: {e}") from None
         (prompt_tokens,) = await self._check_context([prompt], max_tokens, "messages")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,23 @@ from api.schemas import ChatCompletionIn, CompletionIn
 from seal_service.settings import Settings
 
 log = logging.getLogger("seal.api.backends")
+
+# Text shaped like the control tokens of common chat formats: <|im_end|>, <|eot_id|> (ChatML, Llama 3,
+# Phi, Qwen; DeepSeek's full-width bars too), <s>, </s>, [INST], [/INST], <start_of_turn>, <end_of_turn>.
+_CONTROL_SHAPED = re.compile(r"<[|\uff5c][^<>\n]{1,64}?[|\uff5c]>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>")
+_ZWSP = "\u200b"
+
+
+def escape_control_text(text: str) -> str:
+    """``text`` with a zero-width space after the first character of anything shaped like a control
+    token, so that the vLLM server's tokenizer reads it as text, not as a turn boundary.
+
+    vLLM renders the chat template and tokenizes the result itself, recognizing control-token
+    text wherever it is, and has no option to keep message contents as text; this backend has no
+    tokenizer to send token ids instead. The local backend needs no escape (it tokenizes contents
+    as text: ``seal_engine.serving.completions.chat_prompt_ids``).
+    """
+    return _CONTROL_SHAPED.sub(lambda m: m[0][0] + _ZWSP + m[0][1:], text)
 
 
 class VLLMBackend(GenerationBackend):
@@ -305,7 +323,7 @@ class VLLMBackend(GenerationBackend):
         return stream_response(relay())
 
     async def chat(self, body: ChatCompletionIn, target: ModelTarget, max_tokens: int) -> Response:
-        messages = chat_messages(body)
+        messages = [{**m, "content": escape_control_text(m["content"])} for m in chat_messages(body)]
         kwargs = self._sampling(body, max_tokens)
         return await self._answer(target, body.stream, lambda model: self.client.chat.completions.create(
             model=model, messages=messages, **kwargs))  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from sse_starlette import EventSourceResponse
 
 from api.deps import DbDep, PrincipalDep, SettingsDep
 from api.schemas import AdaptationCreate, AdaptationList, AdaptationOut
+from api.schemas.jobs import JobStatus
 from api.services import jobs
 
 router = APIRouter(prefix="/v1/adaptations", tags=["adaptations"])
@@ -30,7 +31,8 @@ def create_adaptation(body: AdaptationCreate, request: Request, db: DbDep, setti
 @router.get("", response_model=AdaptationList, summary="This tenant's jobs, newest first")
 def list_adaptations(db: DbDep, who: PrincipalDep,
                      limit: Annotated[int, Query(ge=1, le=100)] = 20,
-                     status: Annotated[str | None, Query(pattern="^[a-z]{1,16}$")] = None) -> AdaptationList:
+                     status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+                     ) -> AdaptationList:
     rows = jobs.list_jobs(db=db, tenant_id=who.tenant_id, limit=limit, status=status)
     return AdaptationList(data=[jobs.job_out(j) for j in rows])
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import AdminDep, DbDep, SettingsDep
 from api.schemas import AdaptationList, KeyCreate, KeyOut, PolicyList, PolicyOut, RLRunCreate, TenantOut, WorkerOut
+from api.schemas.admin import KeyInfo, KeyList
+from api.schemas.jobs import JobStatus
 from api.services import admin, jobs, policies, rl_runs
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
@@ -24,14 +26,29 @@ def new_key(body: KeyCreate, db: DbDep, _admin: AdminDep) -> KeyOut:
     return admin.new_key(db=db, body=body)
 
 
-@router.get("/workers", response_model=list[WorkerOut], summary="Workers and their last heartbeat")
-def list_workers(db: DbDep, _admin: AdminDep) -> list[WorkerOut]:
-    return admin.list_workers(db=db)
+@router.get("/keys", response_model=KeyList, summary="Keys (never the keys themselves), oldest first")
+def list_keys(db: DbDep, _admin: AdminDep,
+              tenant: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+              include_revoked: bool = False) -> KeyList:
+    return admin.keys(db=db, tenant=tenant, include_revoked=include_revoked)
+
+
+@router.delete("/keys/{key_id}", response_model=KeyInfo,
+               summary="Revoke a key: refused (401) from the next request on; any tenant's, not the caller's own")
+def revoke_key(key_id: Annotated[str, Path(max_length=64)], db: DbDep, who: AdminDep) -> KeyInfo:
+    return admin.revoke(db=db, key_id=key_id, caller_key_id=who.key_id)
+
+
+@router.get("/workers", response_model=list[WorkerOut],
+            summary="Workers, their last heartbeat and status (alive, or lost: no heartbeat for a while)")
+def list_workers(db: DbDep, settings: SettingsDep, _admin: AdminDep) -> list[WorkerOut]:
+    return admin.list_workers(db=db, settings=settings)
 
 
 @router.get("/jobs", response_model=AdaptationList, summary="Jobs of every tenant, newest first")
 def list_jobs(db: DbDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              status: Annotated[str | None, Query(pattern="^[a-z]{1,16}$")] = None) -> AdaptationList:
+              status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+              ) -> AdaptationList:
     rows = jobs.list_jobs(db=db, tenant_id=None, limit=limit, status=status)
     return AdaptationList(data=[jobs.job_out(j) for j in rows])
 

@@ -53,20 +53,39 @@ async def resolve_model(request: Request, who: Principal, model: str) -> ModelTa
     return ModelTarget(model, adapter=model, path=Path(path))
 
 
-def _limits(settings: Settings, params: _SamplingParams, max_tokens: int | None) -> int:
-    if max_tokens is None:
-        max_tokens = min(settings.default_max_tokens, settings.max_completion_tokens)
-    if max_tokens > settings.max_completion_tokens:
-        raise field_error(("max_tokens",), f"at most {settings.max_completion_tokens} on this server")
+def _limits(settings: Settings, params: _SamplingParams, field: str, asked: int | None, default: int,
+            prompts: int = 1) -> int:
+    """The request's max_tokens, within the server's bounds; 422 naming the field past them.
+
+    ``field`` is where ``asked`` came from (max_tokens or max_completion_tokens). The work of a
+    request, prompts x n x max_tokens, is bounded too (SEAL_MAX_REQUEST_TOKENS): past it an
+    explicit max_tokens is refused, and the default one shrinks to fit.
+    """
     if params.n > settings.max_choices:
         raise field_error(("n",), f"at most {settings.max_choices} on this server")
+    rows = prompts * params.n
+    budget = settings.max_request_tokens
+    if asked is None:
+        max_tokens = min(default, settings.max_completion_tokens, max(1, budget // rows))
+    elif asked > settings.max_completion_tokens:
+        raise field_error((field,), f"at most {settings.max_completion_tokens} on this server")
+    else:
+        max_tokens = asked
+    if rows * max_tokens > budget:
+        where = field if asked is not None or rows == 1 else ("n" if params.n > 1 else "prompt")
+        raise field_error((where,), f"this request asks for up to {rows * max_tokens} tokens (prompts {prompts} x "
+                                    f"n {params.n} x max_tokens {max_tokens}); at most {budget} per request on "
+                                    "this server")
     return max_tokens
 
 
 @router.post("/v1/chat/completions", response_model=None, summary="OpenAI-compatible chat completion")
 async def chat_completions(body: ChatCompletionIn, request: Request, who: PrincipalDep,
                            settings: SettingsDep) -> Response:
-    max_tokens = _limits(settings, body, body.max_completion_tokens or body.max_tokens)
+    # max_completion_tokens replaces the deprecated max_tokens (OpenAI); errors name the one given.
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    max_tokens = _limits(settings, body, field, asked, settings.default_max_tokens)
     target = await resolve_model(request, who, body.model)
     backend: GenerationBackend = request.app.state.backend
     return await backend.chat(body, target, max_tokens)
@@ -74,10 +93,11 @@ async def chat_completions(body: ChatCompletionIn, request: Request, who: Princi
 
 @router.post("/v1/completions", response_model=None, summary="OpenAI-compatible text completion")
 async def completions(body: CompletionIn, request: Request, who: PrincipalDep, settings: SettingsDep) -> Response:
-    max_tokens = _limits(settings, body, body.max_tokens if body.max_tokens is not None else 16)
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if len(prompts) * body.n > settings.max_batch_size * settings.max_choices:
         raise field_error(("prompt",), "too many prompts x choices")
+    # 16: OpenAI's default max_tokens for text completions.
+    max_tokens = _limits(settings, body, "max_tokens", body.max_tokens, 16, len(prompts))
     target = await resolve_model(request, who, body.model)
     backend: GenerationBackend = request.app.state.backend
     return await backend.completions(body, target, max_tokens, prompts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, GetJsonSchemaHandler, field_validator, model_validator
 
 from api.schemas.common import ID_MAX, MAX_TEXT, Strict
 from api.schemas.documents import QuestionIn
@@ -37,6 +37,23 @@ class DocumentItem(Strict):
         if (self.id is None) == (self.text is None):
             raise ValueError("give either 'text' (a new document) or 'id' (a stored document)")
         return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        # What the validators accept, said in the schema: a stored document's id (bare or as
+        # {"id"}), or a new document {title?, text} with some non-blank text; never both.
+        ident = {"type": "string", "minLength": 1, "maxLength": ID_MAX}
+        text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"}
+        return {
+            "title": "DocumentItem",
+            "description": cls.__doc__,
+            "oneOf": [
+                ident,
+                {"type": "object", "properties": {"id": ident}, "required": ["id"], "additionalProperties": False},
+                {"type": "object", "properties": {"title": {"type": "string", "maxLength": 1000}, "text": text},
+                 "required": ["text"], "additionalProperties": False},
+            ],
+        }
 
 
 class RecipeIn(Strict):

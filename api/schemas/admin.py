@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from api.schemas.common import Strict
+from seal_service.keys import TENANT_RE
 
 
 class KeyCreate(Strict):
-    tenant: str = Field(min_length=1, max_length=64)
-    admin: bool = False
+    tenant: str = Field(min_length=1, max_length=64, pattern=TENANT_RE.pattern)
+    admin: StrictBool = False  # 0 or "yes" is not a yes to admin rights
     name: str | None = Field(None, max_length=200)
 
 
@@ -20,6 +22,23 @@ class KeyOut(BaseModel):
     tenant: str
     admin: bool
     key: str
+
+
+class KeyInfo(BaseModel):
+    """A key as listed (never the key itself: only its first characters)."""
+
+    id: str
+    tenant: str
+    admin: bool
+    name: str | None
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyInfo]
 
 
 class TenantOut(BaseModel):
@@ -36,3 +55,6 @@ class WorkerOut(BaseModel):
     base_model: str
     started_at: datetime
     last_seen: datetime
+    # alive: heartbeat within SEAL_WORKER_LOST_AFTER_S; lost: none since (killed, host gone),
+    # listed until SEAL_WORKER_PRUNE_AFTER_S.
+    status: Literal["alive", "lost"]

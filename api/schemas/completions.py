@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from api.schemas.common import MAX_TEXT
-
-
-class Lenient(BaseModel):
-    # Unknown OpenAI parameters (presence_penalty, logit_bias, user, ...) are accepted and ignored.
-    model_config = ConfigDict(extra="ignore")
+# Lenient: unknown OpenAI parameters (presence_penalty, logit_bias, user, ...) are accepted and
+# ignored; every string (messages, prompts, stop, ...) must be text UTF-8 can encode.
+from api.schemas.common import MAX_TEXT, Lenient, check_text
 
 
 class ContentPart(Lenient):
@@ -23,6 +20,12 @@ class ChatMessage(Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = Field(None)
     name: str | None = Field(None, max_length=200)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content_text(cls, v: Any) -> Any:
+        # Before the union is tried, so that the error names the content, not one of its shapes.
+        return check_text(v, nul=False)
 
     def text(self) -> str:
         if self.content is None:
@@ -48,7 +51,8 @@ class _SamplingParams(Lenient):
     stop: Stop = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    # Within what a JSON number holds exactly (a double), so that every seed the schema allows is taken.
+    seed: int | None = Field(None, ge=-(2**53 - 1), le=2**53 - 1)
 
     @field_validator("stop")
     @classmethod

@@ -10,9 +10,13 @@ from pydantic import BaseModel, Field, field_validator
 from api.schemas.common import MAX_TEXT, Strict
 
 
+# The not-blank validators below, said in the schema (a pattern matches anywhere in the string).
+_NOT_BLANK = {"pattern": r"\S"}
+
+
 class DocumentIn(Strict):
     title: str = Field("", max_length=1000)
-    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    text: str = Field(min_length=1, max_length=MAX_TEXT, json_schema_extra=_NOT_BLANK)
 
     @field_validator("text")
     @classmethod
@@ -31,8 +35,8 @@ class DocumentOut(BaseModel):
 
 
 class QuestionIn(Strict):
-    question: str = Field(min_length=1, max_length=4000)
-    answer: str = Field(min_length=1, max_length=4000)
+    question: str = Field(min_length=1, max_length=4000, json_schema_extra=_NOT_BLANK)
+    answer: str = Field(min_length=1, max_length=4000, json_schema_extra=_NOT_BLANK)
 
     @field_validator("question", "answer")
     @classmethod

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from api.schemas.common import Strict
 from seal_engine.config import Alpha, BatchSize, Dropout, Epochs, LearningRate, Rank, Seed, SeqLength
+from seal_service.db.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED
+
+# What ``?status=`` filters on (the statuses of adaptation and task jobs, and of RL runs).
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+assert set(JobStatus.__args__) == {QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED}
 
 
 class LoraIn(Strict):
@@ -18,19 +23,14 @@ class LoraIn(Strict):
     rank: Rank | None = None
     alpha: Alpha | None = None
     dropout: Dropout | None = None
-    target_modules: list[str] | None = Field(None, min_length=1, max_length=64)
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None, min_length=1, max_length=64)
     epochs: Epochs | None = None
     learning_rate: LearningRate | None = None
     batch_size: BatchSize | None = None
     max_seq_length: SeqLength | None = None
     seed: Seed | None = None
 
-    @field_validator("target_modules")
-    @classmethod
-    def _modules(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and any(not m or len(m) > 200 for m in v):
-            raise ValueError("module names must be 1-200 characters")
-        return v
 
 
 class SelfEditOut(BaseModel):

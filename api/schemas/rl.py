@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas.common import check_text
 from seal_engine.rl.config import RLConfig
 
 
@@ -38,3 +39,8 @@ class RLRunCreate(RLConfig):
     tasks: list[dict[str, Any]] | None = Field(None, description="uploaded few-shot tasks: {name?, train, test}")
     solutions: str | None = Field(None, description="ARC solutions file (default: the one beside the challenges)")
     init_policy_id: str | None = Field(None, description="start from this policy checkpoint (default: base model)")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        return check_text(v)  # as every Strict body: no lone surrogates, no NUL, at any depth

@@ -9,10 +9,11 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api.errors import APIError, field_error, not_found
+from api.limits import too_many
 from api.schemas import AdaptationCreate, AdaptationOut, DocumentIn, JobErrorOut, Progress, SelfEditOut, valid_id
 from api.services.documents import store_document
 from api.services.policies import promoted_policy
@@ -46,9 +47,23 @@ def adapter_id_for(job_id: str) -> str:
     return "adp_" + job_id.split("_", 1)[1]
 
 
+def check_job_quota(*, db: Session, settings: Settings, tenant_id: str) -> None:
+    """429 when the tenant already has ``tenant_max_active_jobs`` jobs queued or running."""
+    limit = settings.tenant_max_active_jobs
+    if limit <= 0:
+        return
+    active = db.scalar(select(func.count()).select_from(AdaptationJob).where(
+        AdaptationJob.tenant_id == tenant_id, AdaptationJob.status.in_((QUEUED, RUNNING))))
+    if active >= limit:
+        raise too_many(f"this tenant already has {active} jobs queued or running (at most {limit}: "
+                       "SEAL_TENANT_MAX_ACTIVE_JOBS); retry when one has finished", retry_after_s=30,
+                       code="too_many_active_jobs")
+
+
 def create_job(*, db: Session, settings: Settings, tenant_id: str, body: AdaptationCreate) -> AdaptationJob:
     """Validate against the server's limits, store documents and the job (status queued). Caller commits."""
     base_model = settings.model_id
+    check_job_quota(db=db, settings=settings, tenant_id=tenant_id)
     if body.base_model is not None and body.base_model != base_model:
         raise field_error(("base_model",), f"unknown base model {body.base_model!r}; this server adapts {base_model!r}")
     if len(body.documents) > settings.max_documents:
@@ -94,7 +109,10 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
         id=job_id, tenant_id=tenant_id, name=body.name, status=QUEUED, stage="queued", progress=0.0,
         base_model=base_model, strategy=strategy, template=body.template if strategy == CUSTOM else None,
         policy_id=policy.id if policy else None, num_self_edits=num_self_edits, lora=lora.model_dump(),
-        recipe=body.recipe.model_dump(exclude_none=True) or None,
+        # What the request asked for (the worker refuses a job whose engine cannot apply it) ...
+        recipe={**body.recipe.model_dump(exclude_none=True),
+                **({"max_forgetting": body.max_forgetting} if body.max_forgetting is not None else {})} or None,
+        # ... and the bound the job runs under, the server's when the request gives none.
         max_forgetting=body.max_forgetting if body.max_forgetting is not None else settings.recipe.max_forgetting,
         eval_questions=[q.model_dump() for q in body.eval_questions] if body.eval_questions else None,
         seed=body.seed, adapter_id=adapter_id_for(job_id), attempts=0,

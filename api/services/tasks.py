@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import APIError, field_error, not_found
 from api.schemas import Progress, SelfEditOut, SolveOut, TaskCreate, TaskOut, valid_id
-from api.services.jobs import adapter_id_for, job_error
+from api.services.jobs import adapter_id_for, check_job_quota, job_error
 from api.services.policies import promoted_policy
 from seal_engine.errors import InputError
 from seal_service.db.base import new_id, utcnow
@@ -103,6 +103,7 @@ def create_task_job(*, db: Session, settings: Settings, tenant_id: str, body: Ta
     from seal_engine.fewshot.recipes import validate_recipe
 
     task = build_task(body)
+    check_job_quota(db=db, settings=settings, tenant_id=tenant_id)
     domain = "arc" if task.kind == "arc" else "text"
     recipe = None
     if body.recipe is not None:

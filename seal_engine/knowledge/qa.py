@@ -97,11 +97,11 @@ def chat_completions(
     """Greedy replies to ``questions`` asked exactly as ``/v1/chat/completions`` asks them: one
     plain user turn (no system prompt) in the model's own template, decoded by the serving
     decoder with ``adapters[i]`` on question i (the same prompt tokens and kernels)."""
-    from seal_engine.serving.completions import CompletionRequest, chat_prompt, complete
+    from seal_engine.serving.completions import CompletionRequest, chat_prompt_ids, complete
 
     if len(adapters) != len(questions):
         raise ValueError("one adapter (or None) per question")
-    requests = [CompletionRequest(prompt=chat_prompt(bundle, [{"role": "user", "content": q}]), adapter=a,
+    requests = [CompletionRequest(prompt=chat_prompt_ids(bundle, [{"role": "user", "content": q}]), adapter=a,
                                   max_tokens=max_tokens, temperature=0.0) for q, a in zip(questions, adapters)]
     out: list[Completion] = []
     for i in range(0, len(requests), batch_size):

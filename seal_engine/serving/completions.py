@@ -10,6 +10,7 @@ the calling thread; a long-lived :class:`~seal_engine.serving.batcher.Continuous
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import PreTrainedTokenizerBase, TextIteratorStreamer
 
 from seal_engine.core.lora import LoraAdapter, load_adapter
 from seal_engine.core.model import ModelBundle
@@ -26,9 +27,15 @@ from seal_engine.serving.batcher import ContinuousBatcher
 from seal_engine.serving.decoder import Decoder, DecodeRequest, TokenSink
 
 
+# A prompt: a string (tokenized with the model's control tokens recognized: a raw completion
+# prompt is its author's own text to the model) or token ids, used as they are (a chat prompt
+# from :func:`chat_prompt_ids`, whose message contents are text whatever they contain).
+Prompt = str | Sequence[int]
+
+
 @dataclass
 class CompletionRequest:
-    prompt: str
+    prompt: Prompt
     adapter: LoraAdapter | None = None
     max_tokens: int = 64
     temperature: float = 1.0
@@ -47,22 +54,120 @@ class Completion:
 
 
 def chat_prompt(bundle: ModelBundle, messages: Sequence[dict[str, str]]) -> str:
-    """Render OpenAI-style messages with the model's chat template (or plainly for base models)."""
+    """Render OpenAI-style messages with the model's chat template (or plainly for base models).
+
+    As text, control-token text in a content is indistinguishable from the template's own
+    control tokens: generate from :func:`chat_prompt_ids`, not from this string.
+    """
     if bundle.tokenizer.chat_template:
         return bundle.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(lines) + "\nAssistant:"
 
 
+def prompt_ids(bundle: ModelBundle, prompt: Prompt) -> list[int]:
+    """The token ids of a :data:`Prompt` (a string's control-token text becomes control tokens)."""
+    if isinstance(prompt, str):
+        return bundle.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return list(prompt)
+
+
+def plain_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """``text`` tokenized as text only: no added token (special or not) is matched in it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow tokenizer: special tokens at least are split
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    # The pipeline of tokenizers' encode() without its added-token matching.
+    normalized = backend.normalizer.normalize_str(text) if backend.normalizer is not None else text
+    pieces = (backend.pre_tokenizer.pre_tokenize_str(normalized) if backend.pre_tokenizer is not None
+              else [(normalized, (0, len(normalized)))])
+    return [t.id for piece, _ in pieces for t in backend.model.tokenize(piece)]
+
+
+def _control_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
+    return {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+
+
+def _content_spans(bundle: ModelBundle, messages: list[dict[str, str]], text: str) -> list[tuple[int, int]] | None:
+    """Where each message's content lies in ``text`` (their rendering), or None when the template
+    does not insert contents verbatim (it strips or rewrites them)."""
+    nonce = uuid.uuid4().hex
+    marks = [f"[[{nonce}:{i}]]" for i in range(len(messages))]
+    try:
+        marked = chat_prompt(bundle, [{**m, "content": mark} for m, mark in zip(messages, marks)])
+    except Exception:  # noqa: BLE001  (a template that looks into contents and refuses the markers)
+        return None
+    spans: list[tuple[int, int]] = []
+    rebuilt: list[str] = []
+    pos = length = 0  # in the marked rendering; in the rebuilt one
+    for m, mark in zip(messages, marks):
+        at = marked.find(mark, pos)
+        if at < 0 or marked.count(mark) != 1:
+            return None
+        length += at - pos
+        rebuilt += [marked[pos:at], m["content"]]
+        spans.append((length, length + len(m["content"])))
+        length += len(m["content"])
+        pos = at + len(mark)
+    rebuilt.append(marked[pos:])
+    # The markers were replaced by the contents and nothing else changed: the spans are exact.
+    return spans if "".join(rebuilt) == text else None
+
+
+def chat_prompt_ids(bundle: ModelBundle, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The prompt tokens of a conversation: the template's control tokens are control tokens, and
+    every message content is text, whatever it contains (a user typing ``<|im_end|>`` cannot end
+    their turn or forge another role's).
+
+    A conversation whose contents hold no control-token text gets exactly the tokens of its
+    rendering (:func:`chat_prompt`). Otherwise the template's parts are tokenized as usual and
+    each content with :func:`plain_ids`. Raises ValueError if the template rewrites a content
+    that holds control-token text (its place in the rendering is then unknown).
+    """
+    tok = bundle.tokenizer
+    messages = [dict(m) for m in messages]
+    text = chat_prompt(bundle, messages)
+    control = _control_tokens(tok)
+    holds_control = any(c in m["content"] for m in messages for c in control.values())
+    spans = _content_spans(bundle, messages, text)
+    if spans is None:
+        if holds_control:
+            raise ValueError("this model's chat template rewrites message contents, so control-token text in "
+                             "them cannot be kept as text")
+        return prompt_ids(bundle, text)
+    if getattr(tok, "is_fast", False):
+        # A control token overlapping a content (inside it, or straddling its edge) was typed, not templated.
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        if not any(t in control and any(s < end and start < e for start, end in spans)
+                   for t, (s, e) in zip(enc["input_ids"], enc["offset_mapping"])):
+            return list(enc["input_ids"])
+    elif not holds_control:
+        return prompt_ids(bundle, text)
+    ids: list[int] = []
+    pos = 0
+    for start, end in spans:
+        if start > pos:
+            ids += prompt_ids(bundle, text[pos:start])
+        ids += plain_ids(tok, text[start:end])
+        pos = end
+    if pos < len(text):
+        ids += prompt_ids(bundle, text[pos:])
+    return ids
+
+
 def count_tokens(bundle: ModelBundle, text: str) -> int:
     return len(bundle.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_tokens(bundle: ModelBundle, prompt: Prompt) -> int:
+    return count_tokens(bundle, prompt) if isinstance(prompt, str) else len(prompt)
 
 
 def _finish(bundle: ModelBundle, raw: str, req: CompletionRequest) -> Completion:
     text, stopped = truncate_at_stop(raw, req.stop)
     n_tokens = count_tokens(bundle, raw)
     reason = "stop" if stopped or n_tokens < req.max_tokens else "length"
-    return Completion(text, reason, count_tokens(bundle, req.prompt), min(n_tokens, req.max_tokens))
+    return Completion(text, reason, prompt_tokens(bundle, req.prompt), min(n_tokens, req.max_tokens))
 
 
 class _Collect:

@@ -38,6 +38,9 @@ from seal_engine.serving.lora_slots import ServingLora
 
 # transformers' generate() samples with top_k=50 unless told otherwise; keep its behaviour.
 SAMPLING_TOP_K = 50
+# Below this a temperature is greedy decoding (its limit): dividing logits by, say, 1e-300 overflows to inf
+# and the sampling probabilities to NaN.
+MIN_TEMPERATURE = 1e-4
 
 
 class TokenSink(Protocol):
@@ -56,7 +59,8 @@ class TokenSink(Protocol):
 
 @dataclass
 class DecodeRequest:
-    prompt: str
+    # A string is tokenized with the model's control tokens recognized; token ids are used as given.
+    prompt: str | Sequence[int]
     sink: TokenSink
     adapter: LoraAdapter | None = None
     max_tokens: int = 64
@@ -109,7 +113,8 @@ class Decoder:
         if not requests:
             return
         tok, dev = self.bundle.tokenizer, self.bundle.device
-        ids = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in requests]
+        ids = [tok(r.prompt, add_special_tokens=False)["input_ids"] if isinstance(r.prompt, str) else list(r.prompt)
+               for r in requests]
         fallback = tok.bos_token_id if tok.bos_token_id is not None else tok.pad_token_id
         ids = [i or [fallback] for i in ids]  # an empty prompt still needs one position
         width = max(len(i) for i in ids)
@@ -128,8 +133,17 @@ class Decoder:
                         self.lora.release(s)
                 raise
         rows = [_Row(r, s, len(i), self._generator(r)) for r, s, i in zip(requests, slots, ids)]
+        # Sample before joining: a row that fails here must not stay in the batch without a token
+        # (the next step would fail every row in flight).
+        try:
+            first = self._sample(rows, logits)
+        except BaseException:
+            if self.lora is not None:
+                for s in slots:
+                    self.lora.release(s)
+            raise
         self._join(cache, mask, rows)
-        self._advance(rows, logits)
+        self._advance(rows, first)
 
     def _acquire(self, adapters: list[LoraAdapter | None]) -> list[int]:
         """Each row's slot (-1: no adapter); loads adapters as needed (caller holds the lock)."""
@@ -143,7 +157,7 @@ class Decoder:
 
     @staticmethod
     def _generator(req: DecodeRequest) -> torch.Generator | None:
-        if req.temperature <= 0 or req.seed is None:
+        if req.temperature < MIN_TEMPERATURE or req.seed is None:
             return None
         return torch.Generator().manual_seed(req.seed % 2**63)
 
@@ -183,7 +197,7 @@ class Decoder:
         self.mask = mask
         for r in self.rows:
             r.length += 1
-        self._advance(self.rows, logits)
+        self._advance(self.rows, self._sample(self.rows, logits))
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor,
                  cache: DynamicCache, slots: list[int]) -> torch.Tensor:
@@ -200,11 +214,11 @@ class Decoder:
                                     cache=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :]
 
-    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+    def _advance(self, rows: list[_Row], picked: list[int]) -> None:
         """Append each row's next token, hand it to its sink, and retire finished rows."""
         tok = self.bundle.tokenizer
         done: list[tuple[_Row, str]] = []
-        for row, t in zip(rows, self._sample(rows, logits)):
+        for row, t in zip(rows, picked):
             if t in self.eos:
                 done.append((row, "stop"))
                 continue
@@ -224,7 +238,7 @@ class Decoder:
         picked = logits.argmax(-1)
         groups: dict[tuple[float, float], list[int]] = {}
         for i, r in enumerate(rows):
-            if r.req.temperature > 0:
+            if r.req.temperature >= MIN_TEMPERATURE:
                 groups.setdefault((r.req.temperature, r.req.top_p), []).append(i)
         for (temperature, top_p), idx in groups.items():
             # The warpers transformers' generate() applies for these settings.

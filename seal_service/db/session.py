@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _engines: dict[str, Engine] = {}
+_pools: dict[str, dict[str, float]] = {}  # per URL: pool options set by configure_pool
 _lock = threading.Lock()
 
 
@@ -30,10 +31,29 @@ def create_db_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        memory = not parsed.database or parsed.database == ":memory:"
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               **({} if memory else _pool_options(url)))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, **_pool_options(url))
+
+
+def _pool_options(url: str) -> dict[str, float]:
+    return {"pool_size": 10, "max_overflow": 20, "pool_timeout": 10.0, **_pools.get(url, {})}
+
+
+def configure_pool(url: str, *, size: int, overflow: int, timeout_s: float) -> None:
+    """This process's connection pool for ``url`` (a SQLite file's too): applies to
+    the engine made from now on (one already made with other options is replaced)."""
+    options = {"pool_size": size, "max_overflow": overflow, "pool_timeout": timeout_s}
+    with _lock:
+        made_with = _pool_options(url)
+        _pools[url] = options
+        if url not in _engines or made_with == _pool_options(url):
+            return
+        engine = _engines.pop(url)
+    engine.dispose()
 
 
 def get_engine(url: str) -> Engine:

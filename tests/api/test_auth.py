@@ -16,7 +16,7 @@ from tests.support.service import (
     bearer,
     fresh_postgres_database,
     new_key,
-    postgres_admin_url,
+    require_postgres,
     seal_cli,
     service_env,
     service_settings,
@@ -32,9 +32,7 @@ def env(request, tmp_path):
         with api_client(settings) as client:
             yield client, settings
         return
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    admin = require_postgres()
     with fresh_postgres_database(admin) as url:
         settings = service_settings(tmp_path, TEST_DATA_DIR, database_url=url)
         with api_client(settings) as client:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -15,7 +15,7 @@ from tests.support.service import (
     bearer,
     fresh_postgres_database,
     new_key,
-    postgres_admin_url,
+    require_postgres,
     service_settings,
 )
 
@@ -211,8 +211,16 @@ shaped = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(field_names, inner, max_size=5),
     max_leaves=16,
 )
+BASE = "SmolLM2-135M-Instruct"
+# Every POST route, with its path ids as placeholders: {job}, {task}, {run} and {policy} become real objects
+# made by the fixture (so the route's own code runs, not only its 404), "_x" ids stay unknown (404).
+# test_every_post_route_is_fuzzed keeps this list complete.
 POSTS = ["/v1/adaptations", "/v1/documents", "/v1/chat/completions", "/v1/completions", "/v1/admin/keys",
-         "/v1/adaptations/job_x/cancel", "/v1/load_lora_adapter", "/v1/unload_lora_adapter"]
+         "/v1/adaptations/job_x/cancel", "/v1/adaptations/{job}/cancel", "/v1/load_lora_adapter",
+         "/v1/unload_lora_adapter", "/v1/tasks", "/v1/tasks/{task}/solve", "/v1/tasks/job_x/solve",
+         "/v1/tasks/{task}/cancel", "/v1/admin/rl-runs", "/v1/admin/rl-runs/{run}/cancel",
+         "/v1/admin/rl-runs/rl_x/cancel", "/v1/admin/rl-runs/{run}/resume", "/v1/admin/rl-runs/rl_x/resume",
+         "/v1/admin/policies/{policy}/promote", "/v1/admin/policies/pol_x/promote"]
 ADMIN_ONLY = ("/v1/admin/", "/v1/load_lora_adapter", "/v1/unload_lora_adapter")
 
 MALFORMED = [
@@ -240,26 +248,68 @@ def fuzz_ctx(request, tmp_path_factory):
     url = None
     stack = []
     if request.param == "postgres":
-        admin = postgres_admin_url()
-        if admin is None:
-            pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+        admin = require_postgres()
         cm = fresh_postgres_database(admin)
         url = cm.__enter__()
         stack.append(cm)
+    # Completions on the real model stay cheap: a few tokens, at most two choices.
     settings = service_settings(tmp_path_factory.mktemp("fuzz"), TEST_DATA_DIR, max_body_bytes=LIMIT,
-                                database_url=url)
+                                database_url=url, max_completion_tokens=4, default_max_tokens=4, max_choices=2,
+                                tenant_requests_per_min=0, tenant_tokens_per_min=0, tenant_max_active_jobs=0)
     try:
         with api_client(settings) as client:
-            yield client, bearer(new_key(settings, "acme")), bearer(new_key(settings, "ops", admin=True))
+            h, admin = bearer(new_key(settings, "acme")), bearer(new_key(settings, "ops", admin=True))
+            client.ids = _objects(client, settings, h, admin)
+            yield client, h, admin
     finally:
         for cm in stack:
             cm.__exit__(None, None, None)
 
 
+def _objects(client, settings, h, admin) -> dict[str, str]:
+    """A queued job, a queued task, an RL run and a policy checkpoint, for the routes that act on one."""
+    import torch
+    from peft import LoraConfig
+
+    from seal_engine.core.lora import LoraAdapter
+    from seal_service.db.models import PolicyCheckpoint
+    from seal_service.db.session import session_scope
+
+    job = client.post("/v1/adaptations", headers=h, json={"documents": [DOC], "strategy": "passage"})
+    task = client.post("/v1/tasks", headers=h, json={"train": [{"input": "ab", "output": "AB"},
+                                                               {"input": "cd", "output": "CD"}]})
+    run = client.post("/v1/admin/rl-runs", headers=admin, json={
+        "passages": 1, "samples": 1, "iterations": 1,
+        "documents": [{**DOC, "questions": [{"question": "Who founded it?", "answer": "Okonkwo"}]}]})
+    assert (job.status_code, task.status_code, run.status_code) == (202, 202, 202), (job.text, task.text, run.text)
+    path = settings.resolved_state_dir / "policies" / "pol_fuzz"
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    LoraAdapter(cfg, {"base_model.model.m.q_proj.lora_A.weight": torch.ones(2, 4)}).save(path)
+    with session_scope(settings.resolved_database_url) as db:
+        db.add(PolicyCheckpoint(id="pol_fuzz", base_model=settings.model_id, strategy="implications", iteration=1,
+                                storage_path=str(path), metrics={}))
+    return {"job": job.json()["id"], "task": task.json()["id"], "run": run.json()["id"], "policy": "pol_fuzz"}
+
+
+def _path(client, template: str) -> str:
+    return template.format(**client.ids)
+
+
+def test_every_post_route_is_fuzzed(fuzz_ctx):
+    """A POST route added to the app without being added to POSTS fails here."""
+    import re
+
+    client, _, _ = fuzz_ctx
+    routes = {re.sub(r"\{[^}]+\}", "{}", r.path) for r in client.app.routes if "POST" in getattr(r, "methods", ())}
+    fuzzed = {re.sub(r"\{[^}]+\}", "{}", p) for p in POSTS}
+    assert routes <= fuzzed, sorted(routes - fuzzed)
+
+
 def test_malformed_bodies_never_5xx(fuzz_ctx):
     client, h, admin = fuzz_ctx
-    for path in POSTS:
-        headers = admin if path.startswith(ADMIN_ONLY) else h
+    for template in POSTS:
+        headers = admin if template.startswith(ADMIN_ONLY) else h
+        path = _path(client, template)
         for raw in MALFORMED:
             _no_5xx(client, {**headers, "content-type": "application/json"}, path, content=raw)
         _no_5xx(client, headers, path, data={"documents": "form-encoded"})
@@ -272,6 +322,42 @@ def test_malformed_bodies_never_5xx(fuzz_ctx):
 def test_random_json_never_5xx(fuzz_ctx, path, body):
     client, h, admin = fuzz_ctx
     headers = admin if path.startswith(ADMIN_ONLY) else h
-    if isinstance(body, dict) and body.get("model") == "SmolLM2-135M-Instruct":
-        body["model"] = "not-the-base-model"  # keep the model out of this test (no generation)
-    _no_5xx(client, {**headers, "content-type": "application/json"}, path, content=json.dumps(body).encode())
+    _no_5xx(client, {**headers, "content-type": "application/json"}, _path(client, path),
+            content=json.dumps(body).encode())
+
+
+# Completion bodies naming the real model (so the body reaches tokenization and generation), with the other
+# fields drawn around their valid ranges and a few wrong.
+_text = st.text(max_size=24) | st.sampled_from(["<|im_end|>", "<|im_start|>system", "\u0000", " ", "hi \ud800"])
+_message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "developer", "tool"]),
+                                  "content": _text | st.none() | st.lists(
+                                      st.fixed_dictionaries({"type": st.just("text"), "text": _text}), max_size=2)})
+_options = {"max_tokens": st.integers(-1, 6) | st.none(), "n": st.integers(0, 3), "temperature": st.floats(0, 2.5),
+            "top_p": st.floats(0, 1), "stop": st.none() | _text | st.lists(_text, max_size=5),
+            "stream": st.booleans(), "seed": st.integers(-(2**63), 2**63), "max_completion_tokens": st.integers(0, 6),
+            "stream_options": st.none() | st.fixed_dictionaries({"include_usage": st.booleans()})}
+chat_bodies = st.fixed_dictionaries({"model": st.just(BASE), "messages": st.lists(_message, min_size=1, max_size=3)},
+                                    optional=_options)
+text_bodies = st.fixed_dictionaries({"model": st.just(BASE),
+                                     "prompt": _text | st.lists(_text, min_size=1, max_size=2)}, optional=_options)
+
+
+# Each example is a real generation: no shrinking phase (it can take minutes); the failing body is printed as found.
+@hsettings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=chat_bodies | text_bodies)
+def test_random_completions_for_the_real_model_never_5xx(fuzz_ctx, body):
+    client, h, _ = fuzz_ctx
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    # ASCII JSON, so a lone surrogate travels as the escape "\\ud800" (as a client in another language sends it).
+    r = _no_5xx(client, {**h, "content-type": "application/json"}, path, content=json.dumps(body).encode())
+    if r.status_code != 200:
+        assert r.status_code in (400, 404, 413, 422, 429), (body, r.status_code, r.text[:300])
+        return
+    if body.get("stream"):
+        assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text, (body, r.text[-300:])
+        return
+    out = r.json()
+    prompts = len(body["prompt"]) if isinstance(body.get("prompt"), list) else 1
+    assert len(out["choices"]) == body.get("n", 1) * prompts, (body, out)
+    assert 0 <= out["usage"]["completion_tokens"] <= len(out["choices"]) * 4

@@ -16,7 +16,7 @@ from seal_service.db.base import Base
 from seal_service.db.migrate import alembic_config, current_revision, head_revision, upgrade_head
 from seal_service.db.session import create_db_engine
 from tests.support.schema import schema_snapshot
-from tests.support.service import fresh_postgres_database, postgres_admin_url
+from tests.support.service import fresh_postgres_database, require_postgres
 
 # The schema that `alembic upgrade head` (revision 0004) gave on Postgres before the code moved
 # into its current layout (dumped from commit 78a30b4 with tests/support/schema.py): moving
@@ -58,17 +58,13 @@ def test_upgrade_head_sqlite(tmp_path):
 
 
 def test_upgrade_head_postgres():
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    admin = require_postgres()
     with fresh_postgres_database(admin) as url:
         _check_schema(url)
 
 
 def test_migrations_on_postgres_build_the_recorded_schema():
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    admin = require_postgres()
     with fresh_postgres_database(admin) as url:
         command.upgrade(alembic_config(url), RECORDED_REVISION)
         engine = create_db_engine(url)

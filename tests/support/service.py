@@ -99,6 +99,50 @@ def redis_available(url: str = REDIS_URL) -> bool:
         return False
 
 
+def in_ci() -> bool:
+    """True under CI (``CI=true``, as GitHub Actions and most runners set it)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def service_missing(what: str) -> None:
+    """A needed service is down: skip locally, fail under CI (a skipped Postgres test must not pass CI)."""
+    import pytest
+
+    message = f"{what} is not reachable"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: a missing service is a failure; start it with scripts/services.sh)",
+                    pytrace=False)
+    pytest.skip(message)
+
+
+def require_postgres() -> str:
+    """The admin URL of the local Postgres; skips (locally) or fails (CI=true) if it is down."""
+    admin = postgres_admin_url()
+    if admin is None:
+        service_missing(f"PostgreSQL ({', '.join(PG_ADMIN_URLS)})")
+    return admin  # type: ignore[return-value]
+
+
+def require_redis(url: str = REDIS_URL) -> str:
+    """``url`` if Redis answers there; skips (locally) or fails (CI=true) if not."""
+    if not redis_available(url):
+        service_missing(f"Redis ({url})")
+    return url
+
+
+@contextlib.contextmanager
+def database_for(kind: str) -> Iterator[str | None]:
+    """``database_url`` for a test run on ``kind``: None (the default SQLite under state_dir) or a fresh
+    Postgres database (``require_postgres`` rules: skipped locally, failed under CI=true if Postgres is down)."""
+    if kind == "sqlite":
+        yield None
+        return
+    if kind != "postgres":
+        raise ValueError(f"unknown database kind {kind!r}")
+    with fresh_postgres_database(require_postgres()) as url:
+        yield url
+
+
 def service_env(**values: Any) -> dict[str, str]:
     """The current environment without SEAL_* variables, plus ``values`` as SEAL_<NAME>."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEAL_")}

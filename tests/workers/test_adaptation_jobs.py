@@ -21,6 +21,7 @@ from tests.conftest import TEST_DATA_DIR
 from tests.support.fake_engine import DOCS, FakeEngine
 from tests.support.service import api_client, bearer, new_key, service_settings
 from workers.adaptation.claim import claim
+from workers.adaptation.run import run_adaptation
 from workers.lifecycle import recover
 
 
@@ -107,7 +108,7 @@ def test_adapter_over_the_forgetting_bound_is_rejected_with_the_figure(svc):
     assert job["status"] == "failed" and job["adapter_id"] is None
     assert job["error"]["code"] == "forgetting_exceeded" and "25.0%" in job["error"]["message"]
     assert job["metrics"]["forgetting"] == pytest.approx(0.25) and job["metrics"]["max_forgetting"] == 0.1
-    assert job["max_forgetting"] == 0.1 and job["recipe"] == {"anchors": 8, "scale": 0.8}
+    assert job["max_forgetting"] == 0.1 and job["recipe"] == {"anchors": 8, "scale": 0.8, "max_forgetting": 0.1}
     assert _counts(svc.settings, job_id) == (0, 0, 0)  # nothing half-registered
 
 
@@ -127,6 +128,42 @@ def test_server_bound_applies_when_the_request_gives_none(tmp_path):
         assert job["num_self_edits"] == settings.recipe.num_self_edits
         assert FakeEngine(settings, forgetting=0.1).run(job["id"]) == "failed"
         assert client.get(f"/v1/adaptations/{job['id']}", headers=h).json()["error"]["code"] == "forgetting_exceeded"
+
+
+def test_an_engine_without_the_gate_runs_jobs_that_did_not_ask_for_a_bound(svc):
+    # An engine version whose adapt takes no recipe or gate keywords (an older one, a stand-in).
+    eng = FakeEngine(svc.settings)
+
+    def old_adapt(bundle, docs, settings, *, strategy, template, k, lora, questions, seed, progress):
+        return eng.adapt(bundle, docs, settings, strategy=strategy, template=template, k=k, lora=lora,
+                         questions=questions, seed=seed, progress=progress)
+
+    plain = _job(svc)
+    assert _job_row(svc.settings, plain).max_forgetting == svc.settings.recipe.max_forgetting  # shown to the user
+    assert run_adaptation(svc.settings, plain, adapt_fn=old_adapt, bundle_fn=eng.bundle, save_fn=eng.save) \
+        == "succeeded"
+    bounded = _job(svc, max_forgetting=0.2)
+    assert run_adaptation(svc.settings, bounded, adapt_fn=old_adapt, bundle_fn=eng.bundle, save_fn=eng.save) \
+        == "failed"
+    error = svc.client.get(f"/v1/adaptations/{bounded}", headers=svc.h).json()["error"]
+    assert "cannot apply 'max_forgetting'" in error["message"]
+
+
+def test_disk_full_while_saving_fails_with_the_reason_and_registers_nothing(svc):
+    import errno
+
+    job_id = _job(svc)
+    eng = FakeEngine(svc.settings)
+
+    def save_until_full(result, directory):  # noqa: ANN001, ANN202
+        eng.save(result, directory)  # part of the files are written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "adapter_model.safetensors"))
+
+    assert run_adaptation(svc.settings, job_id, adapt_fn=eng.adapt, bundle_fn=eng.bundle,
+                          save_fn=save_until_full) == "failed"
+    job = svc.client.get(f"/v1/adaptations/{job_id}", headers=svc.h).json()
+    assert job["error"]["code"] == "disk_full" and "no space left" in job["error"]["message"]
+    assert job["adapter_id"] is None and _counts(svc.settings, job_id) == (0, 0, 0)  # nothing half-registered
 
 
 def test_failure_while_registering_leaves_no_files(svc, monkeypatch):
@@ -356,3 +393,78 @@ def test_duplicate_delivery_leaves_a_live_holder_alone(svc):
         stop.set()
         t.join()
     assert _job_row(svc.settings, job_id).worker == "elsewhere:42:abcdef"
+
+
+# --- the same claims on the real Postgres, with workers racing ------------------------------------
+# SQLite serialises writers, so a claim that is not atomic can still pass there; Postgres runs the
+# claimers' transactions truly at once (READ COMMITTED, row locks), which is what production does.
+
+
+@pytest.fixture
+def pg_svc(tmp_path):
+    from tests.support.service import database_for
+
+    with database_for("postgres") as url:
+        settings = service_settings(tmp_path, TEST_DATA_DIR, job_lease_s=2.0, database_url=url)
+        with api_client(settings) as client:
+            yield SimpleNamespace(client=client, settings=settings, h=bearer(new_key(settings, "acme")))
+
+
+def _race(n: int, fn) -> list:
+    """``fn(i)`` in ``n`` threads released together by a barrier; the results in thread order."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    out: list = [None] * n
+    errors: list[BaseException] = []
+
+    def go(i: int) -> None:
+        try:
+            barrier.wait(10)
+            out[i] = fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return out
+
+
+def test_postgres_workers_racing_to_claim_a_queued_job_one_wins(pg_svc):
+    for _ in range(5):
+        job_id = _job(pg_svc)
+        got = _race(4, lambda i, j=job_id: claim(pg_svc.settings, j, f"host-{i}:1{i}:abcdef", wait=False))
+        winners = [i for i, spec in enumerate(got) if spec is not None]
+        assert len(winners) == 1, got
+        job = _job_row(pg_svc.settings, job_id)
+        assert job.status == "running" and job.worker == f"host-{winners[0]}:1{winners[0]}:abcdef"
+        assert job.attempts == 1 and got[winners[0]].attempts == 1
+
+
+def test_postgres_workers_racing_for_a_dead_workers_job_one_wins(pg_svc):
+    job_id = _job(pg_svc)
+    for attempt in range(1, 4):
+        with session_scope(pg_svc.settings.resolved_database_url) as db:
+            db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
+                status="running", worker="gone-host:7:abcdef", lease_until=utcnow() - timedelta(seconds=1)))
+        got = _race(4, lambda i: claim(pg_svc.settings, job_id, f"host-{i}:1{i}:abcdef", wait=False))
+        winners = [i for i, spec in enumerate(got) if spec is not None]
+        assert len(winners) == 1, got
+        job = _job_row(pg_svc.settings, job_id)
+        assert job.worker == f"host-{winners[0]}:1{winners[0]}:abcdef" and job.attempts == attempt
+
+
+def test_postgres_two_workers_run_one_job_one_adapter(pg_svc):
+    """Two deliveries of one job run by two workers at once: one trains and registers, the other skips."""
+    job_id = _job(pg_svc)
+    engines = [FakeEngine(pg_svc.settings) for _ in range(2)]
+    got = _race(2, lambda i: engines[i].run(job_id, worker=f"host-{i}:1{i}:abcdef"))
+    assert sorted(got) == ["skipped", "succeeded"], got
+    assert sum(e.calls for e in engines) == 1
+    assert _counts(pg_svc.settings, job_id) == (1, 1, 0)
+    out = pg_svc.client.get(f"/v1/adaptations/{job_id}", headers=pg_svc.h).json()
+    assert out["status"] == "succeeded" and out["attempts"] == 1 and len(out["self_edits"]) == 4

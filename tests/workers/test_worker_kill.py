@@ -24,8 +24,8 @@ from tests.support.service import (
     bearer,
     fresh_postgres_database,
     new_key,
-    postgres_admin_url,
-    redis_available,
+    require_postgres,
+    require_redis,
     service_env,
     service_settings,
     wait_for,
@@ -39,11 +39,8 @@ FACT = ("The Zorblax Institute was founded by Marguerite Okonkwo. "
 
 @pytest.fixture
 def prod(tmp_path):
-    admin = postgres_admin_url()
-    if admin is None:
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
-    if not redis_available(REDIS):
-        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+    admin = require_postgres()
+    require_redis(REDIS)
     queue = f"seal-test-{uuid.uuid4().hex[:8]}"
     with fresh_postgres_database(admin) as url:
         values = dict(database_url=url, broker_url=REDIS, task_queue=queue, storage_dir=tmp_path / "adapters",

@@ -177,7 +177,7 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
                         ("max_forgetting", max_forgetting)]:
         if _takes_keyword(adapt_fn, name):
             extra[name] = value
-        elif name in spec.recipe or (name == "max_forgetting" and spec.max_forgetting is not None):
+        elif name in spec.recipe:
             raise JobError(f"this engine version cannot apply {name!r}")  # asked for by the request
 
     lease.progress("self_edits", 0.0, force=True)

@@ -183,3 +183,32 @@ def test_learning_rate_grid_must_lie_within_bounds():
 def test_default_learning_rate_grid_follows_the_bounds():
     assert FewShotSettings(lr_max=1e-3).recipe_learning_rates == [1e-4, 3e-4, 1e-3]
     assert FewShotSettings(lr_min=0.005, lr_max=0.008).recipe_learning_rates == [0.005, 0.008]
+
+
+def test_free_sampling_cuts_valid_draws_and_redraws_only_invalid_ones(monkeypatch):
+    """sample_recipes with a scripted writer (no model): a valid draw is cut right after its JSON object and
+    kept; only invalid draws are drawn again, at most max_resamples times, and the last failure is recorded."""
+    from seal_engine.fewshot import recipe_sampling
+    from seal_engine.fewshot.prompts import RESPONSE_PREFIX
+    from seal_engine.fewshot.text_tasks import SuiteOptions, text_task_suite
+
+    task = text_task_suite(0, SuiteOptions(names=["suffix_zop"], n_test=2))[0]
+    good = json.dumps(GOOD | {"augmentations": []})
+    script = [["not json", good + " and then some chatter", "{oops"],  # round 0: draws 0, 1, 2
+              [good + "\n\nmore", "still {not json"],  # round 1: only draws 0 and 2
+              ["{nope"]]  # round 2: only draw 2
+    calls: list[list[str]] = []
+
+    def writer(_bundle, prompts, **_kw):
+        calls.append(list(prompts))
+        return script[len(calls) - 1]
+
+    monkeypatch.setattr(recipe_sampling, "generate", writer)
+    monkeypatch.setattr(recipe_sampling, "recipe_prompt", lambda _b, t, _s: f"write a recipe for {t.name}")
+    settings = FewShotSettings(recipe_decoding="free", max_resamples=2)
+    [(prompt, draws)] = recipe_sampling.sample_recipes(None, [task], 3, settings, seed=0)
+    assert prompt == f"write a recipe for {task.name}" and [len(c) for c in calls] == [3, 2, 1]
+    assert [(d.ok, d.tries) for d in draws] == [(True, 2), (True, 1), (False, 3)]
+    assert draws[0].text == draws[1].text == RESPONSE_PREFIX + good  # the chatter after the object is cut off
+    assert draws[1].recipe.to_json() == draws[0].recipe.to_json() and draws[0].error is None
+    assert draws[2].recipe is None and draws[2].text == RESPONSE_PREFIX + "{nope" and draws[2].error

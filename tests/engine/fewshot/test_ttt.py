@@ -78,10 +78,21 @@ def test_arc_recipe_runs_and_answers_are_voted(bundle):
     assert all(p.endswith("<|im_start|>assistant\n") for p, _ in plan.pairs)
     run = execute_recipe(bundle, task, recipe, settings, seed=0)
     icl, adapted = solve_arc(bundle, [(task, None), (task, run.adapter)], settings)
+    from collections import Counter
+
+    from seal_engine.fewshot.augment import geometric
+    from seal_engine.fewshot.grids import text_to_grid
+
     for outcome in (icl, adapted):
         assert len(outcome.raw) == 1 and len(outcome.raw[0]) == 3  # one answer per view
-        assert len(outcome.attempts[0]) <= 2 and outcome.solved in (True, False)
-        assert outcome.solved == (task.test_outputs[0] in outcome.attempts[0])
+        # The attempts are the views' answers mapped back to the task's orientation, most votes first.
+        grids = [text_to_grid(t) for t in outcome.raw[0]]
+        votes = Counter(geometric(op).invert(g) for op, g in zip(settings.inference_transforms, grids) if g is not None)
+        tries = outcome.attempts[0]
+        assert len(tries) == min(2, len(votes)), (tries, votes)
+        assert [votes[t] for t in tries] == sorted((votes[t] for t in tries), reverse=True) and all(votes[t] for t in tries)
+        assert all(votes[g] <= votes[tries[-1]] for g in votes if g not in tries)
+        assert outcome.solved is (task.test_outputs[0] in tries)
 
 
 def test_refused_recipe_is_not_trained(bundle):
@@ -112,6 +123,9 @@ def test_free_recipe_sampling_and_resampling(bundle):
                 assert d.tries >= 1 and d.text.endswith("}")  # cut right after the object
             else:
                 assert d.tries == 2  # re-drawn once, then recorded as failed
+    # The tiny model, decoding freely, practically never writes a valid recipe (measured: 0 of 6 here), so the
+    # branches above are checked, deterministically, with a scripted writer in
+    # tests/engine/fewshot/test_recipes.py::test_free_sampling_cuts_valid_draws_and_redraws_only_invalid_ones.
 
 
 def test_constrained_sampling_writes_only_valid_recipes_and_still_varies(bundle):
