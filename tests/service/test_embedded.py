@@ -63,7 +63,7 @@ def test_embedded_serve_adapt_and_query(tmp_path):
         # Ready means: database, embedded broker and the local worker all answer.
         ready = wait_http(base + "/readyz", 180, serve).json()
         assert ready["checks"]["broker"]["embedded"] is True and ready["checks"]["worker"]["workers"] == 1
-        worker_pid = int(re.search(r"worker started \(pid (\d+)\)", serve.log()).group(1))
+        worker_pid = int(re.search(r"worker started \(pid (\d+)\)", serve.log(tail=10**7)).group(1))
         a, b = bearer(key_a), bearer(key_b)
 
         r = httpx.post(base + "/v1/adaptations", headers=a, timeout=30, json={
@@ -158,7 +158,7 @@ def test_embedded_worker_killed_mid_job_is_restarted_and_finishes(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/readyz", 180, serve)
-        first_pid = int(re.search(r"worker started \(pid (\d+)\)", serve.log()).group(1))
+        first_pid = int(re.search(r"worker started \(pid (\d+)\)", serve.log(tail=10**7)).group(1))
         h = bearer(key)
         job_id = httpx.post(base + "/v1/adaptations", headers=h, timeout=30, json={
             "documents": [{"text": FACT}], "strategy": "passage", "lora": {"epochs": 60},
