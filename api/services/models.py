@@ -28,10 +28,12 @@ _STARTED = int(utcnow().timestamp())
 
 
 def adapter_files(path: str | Path) -> list[str]:
+    """The files a tenant may download: regular files of the adapter's own directory (never a
+    symbolic link, which could point anywhere on the machine; never hidden files)."""
     p = Path(path)
     if not p.is_dir():
         return []
-    return sorted(f.name for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
+    return sorted(f.name for f in p.iterdir() if f.is_file() and not f.is_symlink() and not f.name.startswith("."))
 
 
 def base_model_out(settings: Settings) -> ModelOut:

@@ -53,6 +53,26 @@ def _register_adapter(settings, job_id: str) -> str:
         return job.adapter_id
 
 
+def test_downloads_never_leave_the_adapter_directory(env, tmp_path):
+    client, settings = env
+    a = bearer(new_key(settings, "alpha"))
+    job = client.post("/v1/adaptations", headers=a, json={"documents": [DOC], "strategy": "passage"}).json()
+    adapter_id = _register_adapter(settings, job["id"])
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not the tenant's")
+    directory = settings.resolved_storage_dir / "alpha" / adapter_id
+    (directory / "link.json").symlink_to(secret)  # however it got there, it is not served
+    assert "link.json" not in client.get(f"/v1/adapters/{adapter_id}", headers=a).json()["files"]
+    for name in ("link.json", "..%2F..%2Fseal.db", "%2Fetc%2Fpasswd", "..%2Foutside.txt"):
+        r = client.get(f"/v1/adapters/{adapter_id}/files/{name}", headers=a)
+        assert r.status_code == 404 and b"not the tenant" not in r.content, (name, r.status_code)
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/adapters/{adapter_id}/download", headers=a).content)).namelist()
+    assert sorted(names) == [f"{adapter_id}/adapter_config.json", f"{adapter_id}/adapter_model.safetensors"]
+
+
 def test_missing_and_bad_keys_answer_401(env):
     client, _ = env
     for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer nope"},
