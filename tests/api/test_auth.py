@@ -73,6 +73,28 @@ def test_downloads_never_leave_the_adapter_directory(env, tmp_path):
     assert sorted(names) == [f"{adapter_id}/adapter_config.json", f"{adapter_id}/adapter_model.safetensors"]
 
 
+def test_logs_never_hold_keys_or_document_text(env, caplog):
+    import logging
+
+    from tests.support.fake_engine import FakeEngine
+
+    client, settings = env
+    key = new_key(settings, "alpha")
+    secret_text = "The Quorvex vault code is 7-41-9 and only Ilsabet Marrow knows it."
+    with caplog.at_level(logging.DEBUG):
+        r = client.post("/v1/adaptations", headers=bearer(key), json={"documents": [{"text": secret_text}]})
+        assert r.status_code == 202
+        FakeEngine(settings).run(r.json()["id"])  # the worker's side logs too
+        client.get("/v1/models", headers=bearer(key + "x"))  # a wrong key
+        client.post("/v1/chat/completions", headers=bearer(key),
+                    json={"model": "nope", "messages": [{"role": "user", "content": secret_text}]})
+        client.post("/v1/adaptations", headers=bearer(key), json={"documents": [{"text": secret_text, "x": 1}]})
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert caplog.records, "nothing was logged: the check would be empty"
+    assert key not in logged and key[:20] not in logged
+    assert "Quorvex" not in logged and "Ilsabet" not in logged
+
+
 def test_missing_and_bad_keys_answer_401(env):
     client, _ = env
     for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer nope"},
