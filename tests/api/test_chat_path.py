@@ -26,9 +26,10 @@ def test_chat_answers_use_the_chat_completions_prompt_tokens(bundle, monkeypatch
     for q, req in zip(QUESTIONS, seen):
         # What LocalBackend.chat renders for {"messages": [{"role": "user", "content": q}]}.
         body = ChatCompletionIn(model=bundle.model_id, messages=[{"role": "user", "content": q}])
-        served = completions.chat_prompt(bundle, chat_messages(body))
-        assert tok(req.prompt, add_special_tokens=False)["input_ids"] == tok(served, add_special_tokens=False)["input_ids"]
-        assert req.prompt == user_turn(bundle, q)  # and the chat-format training prompts are the same turn
+        served = completions.chat_prompt_ids(bundle, chat_messages(body))
+        assert list(req.prompt) == served
+        # ... and the chat-format training prompts are the same turn, token for token.
+        assert tok(user_turn(bundle, q), add_special_tokens=False)["input_ids"] == served
         assert req.temperature == 0.0 and req.adapter is None and req.max_tokens == 8
     # Greedy: the serving decoder's own answer to the served prompt, token for token.
     direct = real(bundle, [completions.CompletionRequest(prompt=seen[0].prompt, max_tokens=8, temperature=0.0)])
