@@ -95,6 +95,35 @@ def test_logs_never_hold_keys_or_document_text(env, caplog):
     assert "Quorvex" not in logged and "Ilsabet" not in logged
 
 
+def test_every_tenant_route_answers_404_for_another_tenants_ids(env):
+    """Route-complete: every non-admin route with an id in its path, asked by tenant B with tenant
+    A's ids, answers 404 exactly as for an unknown id (a route added later is covered, or fails)."""
+    from api.errors import api_routes
+
+    client, settings = env
+    a, b = bearer(new_key(settings, "alpha")), bearer(new_key(settings, "beta"))
+    job = client.post("/v1/adaptations", headers=a, json={"documents": [DOC], "strategy": "passage"}).json()
+    adapter_id = _register_adapter(settings, job["id"])
+    task = client.post("/v1/tasks", headers=a, json={"train": [{"input": w, "output": w.upper()}
+                                                               for w in ("apple", "river", "candle")]})
+    assert task.status_code == 202, task.text
+    ids = {"job_id": job["id"], "doc_id": job["documents"][0], "model_id": adapter_id, "adapter_id": adapter_id,
+           "filename": "adapter_config.json"}
+    bodies = {"/v1/tasks/{job_id}/solve": {"inputs": ["lamp"]}}
+    routes = [(m, r.path_format) for r in api_routes(client.app) for m in r.methods
+              if r.dependant.path_params and not r.path_format.startswith("/v1/admin")]
+    assert len(routes) >= 13, routes
+    urls = [(m, p, p.format(**({**ids, "job_id": task.json()["id"]} if p.startswith("/v1/tasks") else ids)))
+            for m, p in routes]
+    for method, path, url in urls:
+        r = client.request(method, url, headers=b, json=bodies.get(path))
+        assert r.status_code == 404, (method, url, r.status_code, r.text)
+    # The ids are real: the owner reads them (event streams left out: they follow the job until it ends).
+    for method, path, url in urls:
+        if method == "GET" and not path.endswith("/events"):
+            assert client.get(url, headers=a).status_code == 200, (method, url)
+
+
 def test_missing_and_bad_keys_answer_401(env):
     client, _ = env
     for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Bearer nope"},
