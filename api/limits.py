@@ -5,8 +5,8 @@
   ``generation_queue_wait_s``; past that the answer is 503 with ``Retry-After``, at once (a
   full queue never makes a client hang).
 - **Per-tenant limits**: requests per minute (every authenticated route), generation tokens
-  per minute (what a request may generate, ``n`` x ``max_tokens`` x prompts, charged when it is
-  admitted, as OpenAI's limiter estimates), and adaptation jobs queued or running at once; 429
+  per minute (what a request may generate, ``n`` x ``max_tokens`` x prompts, charged by the
+  route once it has settled max_tokens, as OpenAI's limiter estimates), and adaptation jobs queued or running at once; 429
   with ``Retry-After`` past them. 0 turns a limit off. The counters live in this process: with
   several API processes behind a balancer, each enforces the limits on what it receives.
 """
@@ -14,18 +14,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
-from api.deps import Principal, current_principal
 from api.errors import APIError, error_body
 from seal_service.settings import Settings
 
@@ -117,39 +114,11 @@ class Limits:
                            code="tokens_rate_limit_exceeded")
 
 
-def generation_budget(settings: Settings, path: str, body: Any) -> int:
-    """The most tokens a completion request may generate: choices x max tokens x prompts (the
-    route itself rejects what is malformed or over the server's limits; this only prices it)."""
-    if not isinstance(body, dict):
-        return 1
-
-    def number(*names: str) -> int | None:
-        for name in names:
-            v = body.get(name)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-        return None
-
-    chat = path.endswith("/chat/completions")
-    max_tokens = number("max_completion_tokens", "max_tokens") if chat else number("max_tokens")
-    if max_tokens is None:
-        max_tokens = min(settings.default_max_tokens, settings.max_completion_tokens) if chat else 16
-    prompt = body.get("prompt")
-    prompts = len(prompt) if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else 1
-    return (number("n") or 1) * min(max_tokens, settings.max_completion_tokens) * max(prompts, 1)
-
-
-async def generation_slot(request: Request,
-                          who: Annotated[Principal, Depends(current_principal)]) -> AsyncIterator[None]:
-    """Route dependency of the completion routes: charge the tenant's token budget, then hold an
-    admission slot until the response (streamed or not) has been sent."""
+async def generation_slot(request: Request) -> AsyncIterator[None]:
+    """Route dependency of the completion routes: hold an admission slot until the response
+    (streamed or not) has been sent. (The routes charge the tenant's token budget with the
+    max_tokens they settled on.)"""
     limits: Limits = request.app.state.limits
-    if limits.settings.tenant_tokens_per_min > 0:
-        try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
-            body = None  # the route answers 422 for it
-        limits.charge_tokens(who.tenant_id, generation_budget(limits.settings, request.url.path, body))
     await limits.admission.acquire()
     try:
         yield

@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.load import write_random_adapters  # noqa: E402
+from tests.support.load import load_adapters, write_random_adapters  # noqa: E402
 from tests.support.service import Proc, bearer, free_port, seal_cli, service_env, wait_http  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared/data/squad/dev.json"
@@ -127,12 +127,7 @@ def main() -> None:
     try:
         if args.chat_only:
             wait_http(base + "/healthz", 300, serve)
-            adapters = []
-            for i, path in enumerate(lora_paths):
-                r = httpx.post(f"{base}/v1/load_lora_adapter", headers=bearer(key), timeout=300,
-                               json={"lora_name": f"bench-{i}", "lora_path": str(path)})
-                r.raise_for_status()
-                adapters.append(f"bench-{i}")
+            adapters = load_adapters(base, key, lora_paths, "bench")
         else:
             wait_http(base + "/readyz", 300, serve)
             adapters = run_jobs(args, base, key, serve, results)

@@ -86,6 +86,7 @@ async def chat_completions(body: ChatCompletionIn, request: Request, who: Princi
     field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = _limits(settings, body, field, asked, settings.default_max_tokens)
+    request.app.state.limits.charge_tokens(who.tenant_id, body.n * max_tokens)
     target = await resolve_model(request, who, body.model)
     backend: GenerationBackend = request.app.state.backend
     return await backend.chat(body, target, max_tokens)
@@ -98,6 +99,7 @@ async def completions(body: CompletionIn, request: Request, who: PrincipalDep, s
         raise field_error(("prompt",), "too many prompts x choices")
     # 16: OpenAI's default max_tokens for text completions.
     max_tokens = _limits(settings, body, "max_tokens", body.max_tokens, 16, len(prompts))
+    request.app.state.limits.charge_tokens(who.tenant_id, len(prompts) * body.n * max_tokens)
     target = await resolve_model(request, who, body.model)
     backend: GenerationBackend = request.app.state.backend
     return await backend.completions(body, target, max_tokens, prompts)

@@ -50,6 +50,9 @@ class SlowBackend(GenerationBackend):
             self.running -= 1
         return JSONResponse({"object": "chat.completion", "choices": []})
 
+    async def completions(self, body, target, max_tokens, prompts):  # noqa: ANN001, ANN201
+        return JSONResponse({"object": "text_completion", "choices": []})
+
 
 def _app(tmp_path, backend: GenerationBackend, **overrides):  # noqa: ANN202
     from api.main import create_app
@@ -155,16 +158,21 @@ def test_tenant_token_rate_limit_counts_what_a_request_may_generate(tmp_path) ->
     assert int(second.headers["Retry-After"]) >= 1
 
 
-def test_generation_budget_prices_the_request() -> None:
-    from api.limits import generation_budget
-    from seal_service.settings import Settings
+def test_the_token_budget_charges_the_max_tokens_the_route_settled_on(tmp_path) -> None:
+    # No max_tokens given: a chat is charged the server's default (60), a text completion OpenAI's 16
+    # per prompt and choice.
+    app, keys = _app(tmp_path, SlowBackend(0.0), tenant_tokens_per_min=100, default_max_tokens=60)
+    chat = {k: v for k, v in CHAT.items() if k != "max_tokens"}
+    assert [r.status_code for r in asyncio.run(_many(app, keys["acme"], 1, chat))] == [200]
+    assert [r.status_code for r in asyncio.run(_many(app, keys["acme"], 1, chat))] == [429]  # 120 > 100
 
-    s = Settings(default_max_tokens=100, max_completion_tokens=512)
-    assert generation_budget(s, "/v1/chat/completions", {"n": 3, "max_completion_tokens": 50}) == 150
-    assert generation_budget(s, "/v1/chat/completions", {}) == 100
-    assert generation_budget(s, "/v1/completions", {"prompt": ["a", "b"], "n": 2, "max_tokens": 10}) == 40
-    assert generation_budget(s, "/v1/completions", {"prompt": [1, 2, 3]}) == 16  # one prompt of token ids
-    assert generation_budget(s, "/v1/completions", "not an object") == 1
+    async def text(body: dict) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://seal") as client:
+            return (await client.post("/v1/completions", json=body, headers=bearer(keys["globex"]))).status_code
+
+    body = {"model": CHAT["model"], "prompt": ["a", "b"], "n": 3}  # 2 x 3 x 16 = 96 tokens
+    assert asyncio.run(text(body)) == 200 and asyncio.run(text({**body, "prompt": "c", "n": 1})) == 429
 
 
 def test_tenant_active_jobs_limit(tmp_path) -> None:

@@ -144,6 +144,17 @@ def summary(seconds: float, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def load_adapters(base: str, admin_key: str, paths: list[Path], prefix: str) -> list[str]:
+    """Load adapter directories into a running server as runtime LoRAs ``{prefix}-{i}``; their names."""
+    names = []
+    for i, path in enumerate(paths):
+        r = httpx.post(f"{base}/v1/load_lora_adapter", headers=bearer(admin_key), timeout=300,
+                       json={"lora_name": f"{prefix}-{i}", "lora_path": str(path)})
+        r.raise_for_status()
+        names.append(f"{prefix}-{i}")
+    return names
+
+
 @contextmanager
 def served(data_dir: str, adapters: int, env: dict[str, str] | None = None) -> Iterator[tuple[str, str, list[str]]]:
     """``seal serve --no-worker`` on a fresh state dir with ``adapters`` random adapters loaded
@@ -160,11 +171,6 @@ def served(data_dir: str, adapters: int, env: dict[str, str] | None = None) -> I
         stack.callback(serve.stop, 60)
         base = f"http://127.0.0.1:{port}"
         wait_http(base + "/healthz", 300, serve)
-        names = []
-        for i, path in enumerate(paths):
-            r = httpx.post(f"{base}/v1/load_lora_adapter", headers=bearer(key), timeout=300,
-                           json={"lora_name": f"load-{i}", "lora_path": str(path)})
-            r.raise_for_status()
-            names.append(f"load-{i}")
+        names = load_adapters(base, key, paths, "load")
         base_model = httpx.get(f"{base}/v1/models", headers=bearer(key)).json()["data"][0]["id"]
         yield base, key, [base_model, *names]

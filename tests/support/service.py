@@ -244,3 +244,28 @@ def new_key(settings: Any, tenant: str, admin: bool = False) -> str:
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def race(n: int, fn: Callable[[int], Any], timeout: float = 60.0) -> list[Any]:
+    """``fn(i)`` in ``n`` threads released together by a barrier; their results in thread order
+    (any exception in a thread fails the caller)."""
+    import threading
+
+    barrier = threading.Barrier(n)
+    out: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def go(i: int) -> None:
+        try:
+            barrier.wait(10)
+            out[i] = fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    assert not errors, errors
+    return out

@@ -19,7 +19,7 @@ from seal_service.db.models import AdaptationJob, Adapter, SelfEdit
 from seal_service.db.session import session_scope
 from tests.conftest import TEST_DATA_DIR
 from tests.support.fake_engine import DOCS, FakeEngine
-from tests.support.service import api_client, bearer, new_key, service_settings
+from tests.support.service import api_client, bearer, new_key, race, service_settings
 from workers.adaptation.claim import claim
 from workers.adaptation.run import run_adaptation
 from workers.lifecycle import recover
@@ -410,34 +410,10 @@ def pg_svc(tmp_path):
             yield SimpleNamespace(client=client, settings=settings, h=bearer(new_key(settings, "acme")))
 
 
-def _race(n: int, fn) -> list:
-    """``fn(i)`` in ``n`` threads released together by a barrier; the results in thread order."""
-    import threading
-
-    barrier = threading.Barrier(n)
-    out: list = [None] * n
-    errors: list[BaseException] = []
-
-    def go(i: int) -> None:
-        try:
-            barrier.wait(10)
-            out[i] = fn(i)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    return out
-
-
 def test_postgres_workers_racing_to_claim_a_queued_job_one_wins(pg_svc):
     for _ in range(5):
         job_id = _job(pg_svc)
-        got = _race(4, lambda i, j=job_id: claim(pg_svc.settings, j, f"host-{i}:1{i}:abcdef", wait=False))
+        got = race(4, lambda i, j=job_id: claim(pg_svc.settings, j, f"host-{i}:1{i}:abcdef", wait=False))
         winners = [i for i, spec in enumerate(got) if spec is not None]
         assert len(winners) == 1, got
         job = _job_row(pg_svc.settings, job_id)
@@ -451,7 +427,7 @@ def test_postgres_workers_racing_for_a_dead_workers_job_one_wins(pg_svc):
         with session_scope(pg_svc.settings.resolved_database_url) as db:
             db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
                 status="running", worker="gone-host:7:abcdef", lease_until=utcnow() - timedelta(seconds=1)))
-        got = _race(4, lambda i: claim(pg_svc.settings, job_id, f"host-{i}:1{i}:abcdef", wait=False))
+        got = race(4, lambda i: claim(pg_svc.settings, job_id, f"host-{i}:1{i}:abcdef", wait=False))
         winners = [i for i, spec in enumerate(got) if spec is not None]
         assert len(winners) == 1, got
         job = _job_row(pg_svc.settings, job_id)
@@ -462,7 +438,7 @@ def test_postgres_two_workers_run_one_job_one_adapter(pg_svc):
     """Two deliveries of one job run by two workers at once: one trains and registers, the other skips."""
     job_id = _job(pg_svc)
     engines = [FakeEngine(pg_svc.settings) for _ in range(2)]
-    got = _race(2, lambda i: engines[i].run(job_id, worker=f"host-{i}:1{i}:abcdef"))
+    got = race(2, lambda i: engines[i].run(job_id, worker=f"host-{i}:1{i}:abcdef"))
     assert sorted(got) == ["skipped", "succeeded"], got
     assert sum(e.calls for e in engines) == 1
     assert _counts(pg_svc.settings, job_id) == (1, 1, 0)

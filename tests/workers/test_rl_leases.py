@@ -5,7 +5,6 @@ Every test runs on SQLite and on the real Postgres (where claims truly race: row
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from seal_service.db.base import utcnow
 from seal_service.db.models import RLRun, RLSample, RLWorkLease
 from seal_service.db.session import session_scope
 from tests.conftest import TEST_DATA_DIR
-from tests.support.service import api_client, bearer, database_for, new_key, service_settings
+from tests.support.service import api_client, bearer, database_for, new_key, race, service_settings
 from workers.rl import jobs as rl_jobs
 from workers.rl import leases
 
@@ -130,34 +129,12 @@ def test_recovery_resends_a_message_never_picked_up(svc):
     assert sent == [("step", [run_id])]
 
 
-def _race(n: int, fn) -> list:
-    """``fn(i)`` in ``n`` threads released at the same moment; their results in thread order."""
-    barrier = threading.Barrier(n)
-    out: list = [None] * n
-    errors: list[BaseException] = []
-
-    def go(i: int) -> None:
-        try:
-            barrier.wait(10)
-            out[i] = fn(i)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors, errors
-    return out
-
-
 def test_workers_racing_for_a_fresh_unit_one_wins(svc):
     """Several workers claim the same never-claimed unit at once (insert race): exactly one gets it."""
     run_id = _run_with_samples(svc)
     s = svc.settings
     for unit in range(6):
-        got = _race(4, lambda i, unit=unit: leases.claim(s, run_id, 0, unit, f"remote-host:{i}:w{i}"))
+        got = race(4, lambda i, unit=unit: leases.claim(s, run_id, 0, unit, f"remote-host:{i}:w{i}"))
         assert sum(got) == 1, (unit, got)
         winner = f"remote-host:{got.index(True)}:w{got.index(True)}"
         with session_scope(s.resolved_database_url) as db:
@@ -174,7 +151,7 @@ def test_workers_racing_for_an_expired_unit_one_wins(svc):
         with session_scope(s.resolved_database_url) as db:
             db.execute(update(RLWorkLease).where(RLWorkLease.rl_run_id == run_id, RLWorkLease.unit == 0)
                        .values(lease_until=utcnow() - timedelta(seconds=1)))
-        got = _race(4, lambda i, r=round_: leases.claim(s, run_id, 0, 0, f"remote-host:{r}{i}:w"))
+        got = race(4, lambda i, r=round_: leases.claim(s, run_id, 0, 0, f"remote-host:{r}{i}:w"))
         assert sum(got) == 1, (round_, got)
         with session_scope(s.resolved_database_url) as db:
             row = db.get(RLWorkLease, (run_id, 0, 0))
