@@ -101,7 +101,13 @@ def forgetting_check(bundle: ModelBundle, settings: EngineSettings, split: Split
         prompts = prompts[:max_prompts] if max_prompts else prompts
         answers = chat_answers(bundle, [q.question for q in qs] + prompts, [None] * (len(qs) + len(prompts)),
                                max_tokens=max_tokens)
-        correct = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0 for a, q in zip(answers, qs)]
+        # The probes again in another batch arrangement (alone, as one adapter's measurement decodes them).
+        # In bfloat16 a batch's shape changes the rounding, and a near-tie greedy answer can flip with it:
+        # a probe counts only if the base model answers it right both ways, so rounding never reads as
+        # forgetting (in float32 the two agree).
+        alone = chat_answers(bundle, [q.question for q in qs], [None] * len(qs), max_tokens=max_tokens)
+        correct = [all(grade_offline(a, q.answer)[PROBE_GRADER] == 1.0 for a in pair)
+                   for pair, q in zip(zip(answers, alone), qs)]
         replies = [(user_turn(bundle, p), a) for p, a in zip(prompts, answers[len(qs):]) if a.strip()]
         _checks[key] = ForgettingCheck(split, qs, correct, replies, answer_nll(bundle, replies, None), max_tokens)
     return _checks[key]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from seal_engine.knowledge.documents import Document
+from tests.conftest import drift_noise
 
 DOC = Document("The Zorblax Institute is a research centre in Valparaiso. It was founded in 1887 by the chemist "
                "Marguerite Okonkwo.", "Zorblax Institute")
@@ -43,7 +45,8 @@ def test_scale_zero_is_the_base_model(bundle, engine_settings) -> None:
     settings = engine_settings.model_copy(update={"forgetting_probes": 16, "forgetting_prompts": 2})
     result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], measure_forgetting=True, scale=1e-6,
                    lora=LoraSettings(epochs=20, learning_rate=1e-2))
-    assert result.forgetting.forgetting == 0.0 and abs(result.forgetting.drift_nll) < 1e-3
+    # bfloat16 rounds differently from batch to batch: a drift of ~1e-3 nats/token is noise there.
+    assert result.forgetting.forgetting == 0.0 and abs(result.forgetting.drift_nll) < drift_noise(bundle)
 
 
 @pytest.mark.slow
@@ -54,19 +57,21 @@ def test_the_gate_falls_back_to_a_scaled_down_update_before_rejecting(bundle, en
 
     settings = engine_settings.model_copy(update={"forgetting_probes": 24, "forgetting_prompts": 2})
     harsh = LoraSettings(epochs=30, learning_rate=1e-2)
+    # In bfloat16 even a negligible update re-draws the rounding, and one near-tie probe of ~20 may flip.
+    bound = 0.05 if bundle.dtype == torch.float32 else 0.1
     seen: list[tuple[str, float]] = []
     with pytest.raises(ForgettingExceeded) as failed:  # every fallback still forgets too much
-        adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=0.05, lora=harsh,
+        adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=bound, lora=harsh,
               fallback_scales=[0.9], progress=lambda stage, done, total: seen.append((stage, done / total)))
     # The user is told what was tried, and progress moved through the fallback's check too.
     [tried] = failed.value.details()["forgetting_fallbacks"]
-    assert round(tried["scale"], 6) == 0.9 and tried["forgetting"] > 0.05 and "x0.9 forgot" in str(failed.value)
+    assert round(tried["scale"], 6) == 0.9 and tried["forgetting"] > bound and "x0.9 forgot" in str(failed.value)
     checks = [f for stage, f in seen if stage == "forgetting"]
     assert checks == sorted(checks) and any(0.5 < f < 1.0 for f in checks), checks
-    result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=0.05, lora=harsh,
+    result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=bound, lora=harsh,
                    fallback_scales=[0.9, 1e-4])
     assert [round(f["scale"], 6) for f in result.fallbacks] == [0.9, 0.0001]
-    assert result.forgetting.forgetting <= 0.05 and result.fallbacks[-1]["forgetting"] == result.forgetting.forgetting
+    assert result.forgetting.forgetting <= bound and result.fallbacks[-1]["forgetting"] == result.forgetting.forgetting
     assert result.metrics()["forgetting_fallbacks"] == result.fallbacks
     # The adapter returned is the scaled one: its update is 1e-4 of the trained one.
     key = next(k for k in result.adapter.state if ".lora_B." in k)

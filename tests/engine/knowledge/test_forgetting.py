@@ -8,6 +8,7 @@ from importlib import resources
 import pytest
 
 from seal_engine.knowledge.forgetting import SPLITS, generic_prompts, split_of
+from tests.conftest import drift_noise
 
 
 def _all_prompts() -> list[str]:
@@ -53,7 +54,7 @@ def test_forgetting_of_the_base_model_itself_is_zero(bundle, engine_settings) ->
                                        LoraSettings(epochs=1, learning_rate=1e-9))
     [f] = measure_forgetting(bundle, check, [adapter])
     assert f.forgetting == 0.0 and f.probes == sum(check.base_correct)
-    assert abs(f.drift_nll) < 1e-3
+    assert abs(f.drift_nll) < drift_noise(bundle)  # bfloat16 rounds differently from batch to batch
 
 
 @pytest.mark.slow

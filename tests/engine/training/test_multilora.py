@@ -200,7 +200,15 @@ def test_serving_kernels_match_training_kernel(fp32_bundle, bundle, dtype):
         else:
             err = (new.float() - truth).abs().mean()
             assert err < 1.5 * old_err, (err, old_err)
-        assert torch.equal(new.argmax(-1), old.argmax(-1))
+        if dtype == "float32":
+            assert torch.equal(new.argmax(-1), old.argmax(-1))
+        else:
+            # Where the truth's top two logits are near-tied, bf16 rounding may pick either (in either
+            # kernel); wherever the truth is decided, serving picks its token.
+            top2 = truth.topk(2, dim=-1).values
+            decided = (top2[..., 0] - top2[..., 1]) > 0.5
+            assert decided.float().mean() > 0.5
+            assert torch.equal(new.argmax(-1)[decided], truth.argmax(-1)[decided])
     assert torch.equal(gathered[1], base[1])  # a row without adapter is the base model, exactly
     assert not torch.allclose(gathered[0].float(), base[0].float(), atol=1e-2)
 
