@@ -97,6 +97,12 @@ def recover(settings: Settings, app: Celery) -> list[str]:
             task_id = dispatch_adaptation(app, settings, job_id)
         except Exception:
             log.warning("could not re-send job %s", job_id, exc_info=True)
+            # Not sent (broker down): give the claim back, so that a later sweep tries again. Kept,
+            # it would read as "sent again after the dead worker took it" and the job would stay
+            # running for ever once the broker came back without the message.
+            with session_scope(url) as s:
+                s.execute(update(AdaptationJob).where(AdaptationJob.id == job_id, AdaptationJob.dispatched_at == now)
+                          .values(dispatched_at=dispatched_at).execution_options(synchronize_session=False))
             continue
         with session_scope(url) as s:
             s.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(task_id=task_id)

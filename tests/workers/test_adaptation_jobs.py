@@ -251,6 +251,43 @@ def test_death_between_publish_and_register_then_redelivery(svc, monkeypatch):
     assert _counts(svc.settings, job_id) == (1, 1, 0)
 
 
+def _die_while_saving(svc, job_id: str, monkeypatch) -> None:
+    """An attempt killed half-way through writing its files (to its directory under .tmp)."""
+
+    save = FakeEngine.save
+
+    def save_then_die(result, directory):
+        save(result, directory)
+        raise Crash()
+
+    monkeypatch.setattr(FakeEngine, "save", staticmethod(save_then_die))
+    with pytest.raises(Crash):
+        FakeEngine(svc.settings).run(job_id, worker="thishost:1:dead00")
+    monkeypatch.undo()
+    assert _counts(svc.settings, job_id) == (0, 0, 1)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id)
+                   .values(lease_until=utcnow() - timedelta(seconds=1)))
+
+
+def test_death_while_saving_leaves_no_temporary_files_once_a_later_attempt_succeeds(svc, monkeypatch):
+    job_id = _job(svc)
+    _die_while_saving(svc, job_id, monkeypatch)
+    assert FakeEngine(svc.settings).run(job_id) == "succeeded"
+    assert _counts(svc.settings, job_id) == (1, 1, 0)
+
+
+def test_death_while_saving_leaves_no_files_when_the_job_is_given_up(svc, monkeypatch):
+    job_id = _job(svc)
+    _die_while_saving(svc, job_id, monkeypatch)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id)
+                   .values(attempts=svc.settings.max_job_attempts))
+    assert FakeEngine(svc.settings).run(job_id) == "skipped"
+    assert _job_row(svc.settings, job_id).error_code == "worker_lost"
+    assert _counts(svc.settings, job_id) == (0, 0, 0)
+
+
 def test_dead_local_holder_is_taken_over_at_once(svc):
     job_id = _job(svc)
     import socket
@@ -307,6 +344,26 @@ def test_recovery_sweep_resends_lost_jobs_once(svc):
             lease_until=utcnow() + timedelta(hours=1)))
     assert recover(svc.settings, app) == [fresh]
     assert recover(svc.settings, app) == []
+
+
+def test_a_resend_the_broker_refused_is_tried_again(svc):
+    """A sweep that cannot send (broker down) leaves the job as it found it: the next sweep sends it,
+    rather than taking the failed send for a sent one and leaving the job running for ever."""
+    import socket
+
+    job_id = _job(svc)
+    with session_scope(svc.settings.resolved_database_url) as db:
+        db.execute(update(AdaptationJob).where(AdaptationJob.id == job_id).values(
+            status="running", worker=f"{socket.gethostname()}:999999:abcdef", claimed_at=utcnow(),
+            lease_until=utcnow() + timedelta(hours=1)))
+
+    def refuse(*_a, **_kw):
+        raise ConnectionError("broker down")
+
+    assert recover(svc.settings, SimpleNamespace(send_task=refuse)) == []
+    sent: list[str] = []
+    app = SimpleNamespace(send_task=lambda name, args, **kw: (sent.append(args[0]), SimpleNamespace(id="t"))[1])
+    assert recover(svc.settings, app) == [job_id] and sent == [job_id]
 
 
 def test_promoted_policy_is_the_default_and_is_recorded(svc, tmp_path):

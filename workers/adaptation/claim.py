@@ -91,13 +91,16 @@ def claim(settings: Settings, job_id: str, worker: str, *, wait: bool = True) ->
         expired = lease_until is None or lease_until < now
         if attempts >= settings.max_job_attempts and (status == QUEUED or steal or expired):
             with session_scope(url) as s:
-                s.execute(
+                res = s.execute(
                     update(AdaptationJob).where(AdaptationJob.id == job_id, AdaptationJob.status.in_((QUEUED, RUNNING)))
                     .values(status=FAILED, stage="failed", finished_at=now, lease_until=None, updated_at=now,
                             error_code=WORKER_LOST, error=f"the job was started {attempts} times and its worker stopped each time "
                                   "(crash, out of memory or kill); giving up")
                     .execution_options(synchronize_session=False)
                 )
+            if res.rowcount == 1:
+                # What the killed attempts left (a half-saved or unregistered directory) goes with it.
+                remove_unregistered(settings, tenant, adapter_id)
             return None
         cond = or_(_claimable(now), AdaptationJob.worker == holder) if steal else _claimable(now)
         with session_scope(url) as s:

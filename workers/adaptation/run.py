@@ -109,6 +109,7 @@ def run_adaptation(
             lease.progress("registering", 0.99, force=True)
             if register(settings, spec, worker, produced, final):
                 log.info("job %s: adapter %s ready", job_id, spec.adapter_id)
+                _drop_dead_attempts(settings, spec)
                 return SUCCEEDED
             lease.touch()
             lease.check()
@@ -128,6 +129,15 @@ def run_adaptation(
         mark_failed(settings, job_id, worker, reason, error_code(e), metrics=details)
         _cleanup(settings, spec, tmp)
         return FAILED
+
+
+def _drop_dead_attempts(settings: Settings, spec: JobSpec) -> None:
+    """Remove the temporary directories of earlier attempts that died while saving (SIGKILL, out
+    of memory): nothing else ever would. The adapter is registered, so its directory stays."""
+    try:
+        remove_unregistered(settings, spec.tenant_id, spec.adapter_id)
+    except Exception:  # the job has succeeded; leftovers are not worth failing it
+        log.warning("job %s: could not remove leftovers of earlier attempts", spec.id, exc_info=True)
 
 
 def _cleanup(settings: Settings, spec: JobSpec, tmp: Path) -> None:
