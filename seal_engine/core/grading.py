@@ -53,6 +53,8 @@ def grade_offline(pred: str, gold: str) -> dict[str, float]:
 class JudgeError(UnavailableError):
     """The LLM judge could not give a verdict; never counted as a wrong answer."""
 
+    code = "judge_unavailable"
+
 
 JUDGE_PROMPT = (
     "You grade a student's answer against a gold answer. Judge only from the gold answer, "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from seal_engine.config import EngineSettings, LoraSettings
-from seal_engine.core.grading import LLMJudge
+from seal_engine.core.grading import JudgeError, LLMJudge
 from seal_engine.core.lora import LoraAdapter, TrainedAdapter
 from seal_engine.core.model import ModelBundle
 from seal_engine.errors import InputError
@@ -226,6 +226,8 @@ def reward_for(adapted: QAResult, retention: float | None, baseline_retention: f
     """The reward from an adapter's QA result, with the configured grader."""
     grader = settings.reward_grader
     if grader not in adapted.accuracy:
+        if grader == "judge" and adapted.judge_error:  # the judge is down: not the input's fault
+            raise JudgeError(f"the LLM judge grades the reward and gave no verdict: {adapted.judge_error}")
         raise InputError(f"reward grader {grader!r} has no score (judge error: {adapted.judge_error})")
     return compute_reward(adapted.accuracy[grader], retention if retention is not None else 1.0,
                           baseline_retention if baseline_retention is not None else 1.0, settings.retention_lambda)

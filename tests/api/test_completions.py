@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_DATA_DIR
-from tests.support.service import Proc, bearer, free_port, new_key, service_env, service_settings, wait_http
+from tests.support.service import Proc, bearer, free_port, new_key, service_env, service_settings, wait_for, wait_http
 
 BASE = "SmolLM2-135M-Instruct"
 
@@ -254,3 +254,62 @@ def test_a_request_arriving_mid_decode_finishes_before_the_long_one(server):
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 3
     assert len(chunks) > 5, "the long request ended too early to test anything"
     assert short_done < chunks[-1]
+
+
+# --- a client that leaves mid-stream ----------------------------------------------------------
+
+
+@pytest.fixture
+def one_slot_server(tmp_path, bundle):
+    """A uvicorn server in this process (so its decoder and admission counters can be read) with one
+    generation slot and no waiting room: a request that finds the slot taken is refused at once (503)."""
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = service_settings(tmp_path, TEST_DATA_DIR, max_active_generations=1, generation_queue_size=0)
+    key = new_key(settings, "acme")
+    app = create_app(settings)  # its model is the session's `bundle` (one per process and settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz", 60)
+        yield SimpleNamespace(url=url, key=key, app=app)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.mark.slow
+def test_a_client_leaving_a_stream_frees_its_decode_row_and_slot(one_slot_server):
+    s = one_slot_server
+    url, h = s.url + "/v1/chat/completions", bearer(s.key)
+    body = {"model": BASE, "max_tokens": 160, "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
+    short = {**body, "max_tokens": 2}
+    # Read to the end, this answer takes all of its max_tokens: leaving early must spare most of them.
+    full = httpx.post(url, headers=h, json=body, timeout=300).json()
+    assert full["usage"]["completion_tokens"] == 160, full
+    engine, admission = s.app.state.inference._engine, s.app.state.limits.admission  # noqa: SLF001
+    steps0 = engine.steps
+    with httpx.stream("POST", url, headers=h, json={**body, "stream": True}, timeout=300) as r:
+        assert r.status_code == 200
+        chunks = 0
+        for line in r.iter_lines():
+            chunks += '"content"' in line
+            if chunks == 3:
+                # Under way: its row decodes and it holds the one slot, so another request is refused.
+                assert len(engine.decoder.rows) == 1 and admission.active == 1
+                assert httpx.post(url, headers=h, json=short, timeout=60).status_code == 503
+                break  # leaving the line iterator closes the connection: the client is gone
+    wait_for(lambda: not engine.decoder.rows and admission.active == 0, 30, 0.05,
+             what="the stream's row and slot to be given back")
+    decoded = engine.steps - steps0
+    time.sleep(0.5)
+    assert engine.steps - steps0 == decoded  # nothing is decoded for it any more
+    assert decoded < 80, decoded  # it stopped soon after the client left, not at max_tokens
+    r = httpx.post(url, headers=h, json=short, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2

@@ -19,6 +19,10 @@ from workers.adaptation.run import run_adaptation
 
 UPPER = [{"input": w, "output": w.upper()} for w in ("apple", "river", "candle", "garden", "pencil")]
 HELD = [{"input": w, "output": w.upper()} for w in ("window", "rocket")]
+# A made-up suffix: the tiny model does not pick it up in context (0 of 4 held-out inputs, measured) and
+# learns it in 12 training steps (3 of 4, and the suffix on every new input).
+SUFFIX = [{"input": w, "output": f"{w}-zop"} for w in ("apple", "river", "candle", "garden", "pencil")]
+SUFFIX_HELD = [{"input": w, "output": f"{w}-zop"} for w in ("window", "rocket", "basket", "mirror")]
 GRID_TASK = {"train": [{"input": [[1, 0], [0, 0]], "output": [[0, 1], [0, 0]]},
                        {"input": [[0, 0], [2, 0]], "output": [[0, 0], [0, 2]]}],
              "test": [{"input": [[3, 0], [0, 0]], "output": [[0, 3], [0, 0]]}]}
@@ -128,9 +132,9 @@ def test_task_rl_runs_validate_their_tasks(svc):
 
 
 @pytest.mark.slow
-def test_a_real_task_job_trains_grades_and_solves(svc, bundle):
-    recipe = {"augmentations": [], "loss": "output", "learning_rate": 3e-3, "epochs": 3}
-    r = svc.client.post("/v1/tasks", headers=svc.h, json={"name": "upper", "train": UPPER, "test": HELD,
+def test_a_real_task_job_learns_the_task_grades_and_solves(svc, bundle):
+    recipe = {"augmentations": [], "loss": "output", "learning_rate": 1e-3, "epochs": 3}
+    r = svc.client.post("/v1/tasks", headers=svc.h, json={"name": "zop", "train": SUFFIX, "test": SUFFIX_HELD,
                                                            "recipe": recipe, "seed": 1})
     job_id = r.json()["id"]
     assert run_adaptation(svc.settings, job_id, bundle_fn=lambda _s: bundle) == "succeeded"
@@ -138,12 +142,16 @@ def test_a_real_task_job_trains_grades_and_solves(svc, bundle):
     m = out["metrics"]
     assert out["status"] == "succeeded" and out["adapter_id"]
     assert m["recipe_source"] == "given" and m["recipe"]["epochs"] == 3
-    assert set(m["heldout"]) == {"in_context", "adapted", "metric"} and 0.0 <= m["heldout"]["adapted"] <= 1.0
     assert m["train_loss_last"] < m["train_loss_first"]
     assert [x["text"] for x in out["recipes"]] and out["recipes"][0]["strategy"] == "recipe-text"
+    # The adapter learned the task: held-out inputs (exact match) answered far better than in context.
+    heldout = m["heldout"]
+    assert heldout["metric"] == "exact match"
+    assert heldout["adapted"] >= 0.5 and heldout["adapted"] >= heldout["in_context"] + 0.5, heldout
     solved = svc.client.post(f"/v1/tasks/{job_id}/solve", headers=svc.h, json={"inputs": ["lamp", "violin"]})
     assert solved.status_code == 200, solved.text
-    assert len(solved.json()["outputs"]) == 2 and all(isinstance(o, str) for o in solved.json()["outputs"])
+    outputs = solved.json()["outputs"]
+    assert len(outputs) == 2 and all(o.endswith("-zop") for o in outputs), outputs  # the rule, on new inputs
     bad = svc.client.post(f"/v1/tasks/{job_id}/solve", headers=svc.h, json={"inputs": [[[1]]]})
     assert bad.status_code == 422
     # The adapter is a model like any other for the OpenAI-compatible endpoints.
