@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist (scripts/test.sh runs two workers) the test processes share the cores: one torch
+# thread each, and for every process they start (read by torch when it first starts its pool), so
+# two workers never oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ.get("SEAL_TEST_THREADS_PER_WORKER", "1")
+
 # One converted copy of the default model, reused across test runs on this machine.
 TEST_DATA_DIR = Path(os.environ.get("SEAL_TEST_DATA_DIR", Path.home() / ".cache" / "seal-test"))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -45,8 +45,10 @@ def test_scale_zero_is_the_base_model(bundle, engine_settings) -> None:
     settings = engine_settings.model_copy(update={"forgetting_probes": 16, "forgetting_prompts": 2})
     result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], measure_forgetting=True, scale=1e-6,
                    lora=LoraSettings(epochs=20, learning_rate=1e-2))
-    # bfloat16 rounds differently from batch to batch: a drift of ~1e-3 nats/token is noise there.
-    assert result.forgetting.forgetting == 0.0 and abs(result.forgetting.drift_nll) < drift_noise(bundle)
+    # bfloat16 rounds differently from batch to batch (and thread count to thread count): a drift of
+    # ~1e-3 nats/token and one near-tie probe are noise there; float32 reads exactly nothing forgotten.
+    noise = 0.0 if bundle.dtype == torch.float32 else 1.0 / result.forgetting.probes
+    assert result.forgetting.forgetting <= noise and abs(result.forgetting.drift_nll) < drift_noise(bundle)
 
 
 @pytest.mark.slow
