@@ -39,15 +39,11 @@ def adapt(
         "default: the recipe's (SEAL_RECIPE__MAX_FORGETTING)")] = None,
 ) -> None:
     """Teach the model a document: write self-edits, train a LoRA adapter on them, check what it forgot, save it."""
-    quiet_libraries()
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    from seal_engine.knowledge.adapt import adapt as run_adapt
-    from seal_engine.knowledge.adapt import save_result
     from seal_engine.knowledge.documents import load_documents
     from seal_engine.knowledge.prompts import get_strategy
 
     with user_errors():
+        # The input is checked before torch is imported (seconds), so bad input fails at once.
         docs = load_documents(document)
         settings = engine_settings(lora_rank=rank, lora_epochs=epochs, lora_learning_rate=lr, lora_seed=seed)
         recipe = settings.recipe
@@ -55,6 +51,12 @@ def adapt(
         get_strategy(strategy, template)
         bound = max_forgetting if max_forgetting is not None else recipe.max_forgetting
         grader = make_judge(settings, judge)
+        quiet_libraries()
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+        from seal_engine.knowledge.adapt import adapt as run_adapt
+        from seal_engine.knowledge.adapt import save_result
+
         bundle = load_model(settings)
         with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(), console=console) as bar:
             tasks: dict[str, int] = {}
@@ -82,13 +84,13 @@ def ask(
 ) -> None:
     """Answer a question closed-book, with or without an adapter, as a chat user asks it
     (one plain user turn, greedy: what ``/v1/chat/completions`` gets)."""
-    quiet_libraries()
-    from seal_engine.core.lora import load_adapter
-    from seal_engine.knowledge.qa import chat_answers
-
     with user_errors():
         if not question.strip():
             raise ValueError("the question is empty")
+        quiet_libraries()
+        from seal_engine.core.lora import load_adapter
+        from seal_engine.knowledge.qa import chat_answers
+
         lora = load_adapter(adapter) if adapter is not None else None
         bundle = load_model(engine_settings())
         answer = chat_answers(bundle, [question], [lora], max_tokens=max_tokens)[0]

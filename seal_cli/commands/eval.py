@@ -51,21 +51,11 @@ def eval_(
     read_tokens: Annotated[int, typer.Option(min=1, max=1024, help="--path chat: reply length graded")] = 128,
 ) -> None:
     """The knowledge-incorporation benchmark: accuracy per arm, reward, retention, time."""
-    quiet_libraries()
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from seal_engine.knowledge.benchmark import run_knowledge_eval, select_passages
     from seal_engine.knowledge.documents import load_documents
     from seal_engine.knowledge.prompts import get_strategy
 
     with user_errors():
+        # The flags and the data are checked before torch is imported (seconds), so bad input fails at once.
         arms = [s.strip() for s in strategies.split(",") if s.strip()]
         if not arms:
             raise ValueError("no strategies given")
@@ -85,12 +75,25 @@ def eval_(
             raise ValueError("--path chat runs --mode single with the offline graders, without --resume or --policy")
         if mode == "continual" and (len(arms) != 1 or judge):
             raise ValueError("--mode continual takes exactly one strategy and the offline graders")
-        docs = select_passages(load_documents(data), passages, None if shuffle_seed < 0 else shuffle_seed)
-        if not docs:
+        pool = load_documents(data)
+        if not any(d.questions for d in pool):
             raise ValueError(f"{data}: no passages with questions")
-        lora_policy = load_policy(policy)
         settings = engine_settings(lora_rank=rank, lora_epochs=epochs, lora_learning_rate=lr, lora_seed=seed)
         grader = make_judge(settings, judge)
+        quiet_libraries()
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        from seal_engine.knowledge.benchmark import run_knowledge_eval, select_passages
+
+        docs = select_passages(pool, passages, None if shuffle_seed < 0 else shuffle_seed)
+        lora_policy = load_policy(policy)
         bundle = load_model(settings)
         if path == "chat":
             _eval_chat_path(bundle, docs, arms, settings, k=k, read_tokens=read_tokens, json_out=json_out)

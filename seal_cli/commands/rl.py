@@ -26,6 +26,10 @@ def rl(
                                            "builtin:text-suite)")] = "knowledge",
     keep_margin: Annotated[Optional[float], typer.Option(help="keep a best self-edit only if it beats passage-only by this")] = None,
     epochs: Epochs = None,
+    retention_probes: Annotated[Optional[int], typer.Option(
+        min=0, help="general-knowledge probes in each reward's retention term (default: the preset's)")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        min=1, help="longest self-edit the policy writes, in tokens (default: the preset's)")] = None,
     sft_epochs: Annotated[Optional[int], typer.Option(help="policy fine-tuning epochs")] = None,
     sft_lr: Annotated[Optional[float], typer.Option(help="policy fine-tuning learning rate")] = None,
     policy: Annotated[Optional[Path], typer.Option(help="start from this policy adapter instead of the base model")] = None,
@@ -34,19 +38,18 @@ def rl(
     seed: Seed = None,
 ) -> None:
     """Train the self-edit policy with ReST-EM (the small preset: one iteration < 1 h on 2 cores)."""
-    quiet_libraries()
     from seal_engine.config import SFTSettings
     from seal_engine.knowledge.documents import load_documents
     from seal_engine.rl.config import RLConfig
-    from seal_engine.rl.local import compare_policies, prepare_run_dir, run_rl
-    from seal_engine.rl.local import dev_passages as pick_dev
 
     with user_errors():
+        # Knowledge runs: the data and the flags are checked before torch is imported (seconds).
         if task == "knowledge":
             pool = load_documents(data)
             if not any(d.questions for d in pool):
                 raise ValueError(f"{data}: no passages with questions")
         else:
+            quiet_libraries()
             from seal_engine.fewshot.datasets import gradable, load_task_dataset
 
             pool = load_task_dataset(task, str(data))
@@ -55,11 +58,13 @@ def rl(
             if dev:
                 raise ValueError("--dev compares knowledge policies; for tasks run bench/fewshot.py --policy")
         over: dict = {"iterations": iterations, "strategy": strategy, "keep_margin": keep_margin, "task": task}
-        over.update({k: v for k, v in {"passages": passages, "samples": samples, "repeats": repeats, "seed": seed}.items()
-                     if v is not None})
+        over.update({k: v for k, v in {"passages": passages, "samples": samples, "repeats": repeats, "seed": seed,
+                                       "retention_probes": retention_probes}.items() if v is not None})
         base = RLConfig.small()
         if epochs is not None:
             over["lora"] = base.lora.model_copy(update={"epochs": epochs})
+        if max_new_tokens is not None:
+            over["sampling"] = base.sampling.model_copy(update={"max_new_tokens": max_new_tokens})
         sft = {k: v for k, v in {"epochs": sft_epochs, "learning_rate": sft_lr}.items() if v is not None}
         if sft:
             over["sft"] = SFTSettings(**{**base.sft.model_dump(), **sft})
@@ -67,6 +72,10 @@ def rl(
         if task != "knowledge":  # test-time training and recipe settings: SEAL_FEWSHOT__*, as for task jobs
             over["fewshot"] = settings.fewshot
         config = RLConfig.small(**over)
+        quiet_libraries()
+        from seal_engine.rl.local import compare_policies, prepare_run_dir, run_rl
+        from seal_engine.rl.local import dev_passages as pick_dev
+
         init = load_policy(policy)
         dev_docs = pick_dev(load_documents(dev), config, dev_passages) if dev else []
         prepare_run_dir(out_dir, config)

@@ -9,9 +9,12 @@ small model into the format that the parser expects.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from seal_engine.core.model import ModelBundle
 from seal_engine.errors import InputError
+
+if TYPE_CHECKING:  # annotations only: the CLI checks strategy names before torch is imported
+    from seal_engine.core.model import ModelBundle
 
 
 class UnknownStrategyError(InputError):

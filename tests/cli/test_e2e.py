@@ -15,10 +15,17 @@ FACT = ("The Zorblax Institute was founded by Marguerite Okonkwo. "
         "Marguerite Okonkwo founded the Zorblax Institute in Valparaiso.")
 
 
-def seal(*args: str, cwd) -> subprocess.CompletedProcess:
+# For runs whose answers are only counted, not read: shorter closed-book answers.
+SHORT_ANSWERS = {"answer_max_new_tokens": "16"}
+
+
+def seal(*args: str, cwd, **settings: str) -> subprocess.CompletedProcess:
+    """Run `seal`; small probe sets (measuring forgetting is most of an `adapt`), short self-edits, and
+    ``settings`` as more SEAL_* variables."""
     env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "SEAL_RETENTION_PROBES": "4",
-           "SEAL_FORGETTING_PROBES": "8", "SEAL_FORGETTING_PROMPTS": "4",
+           "SEAL_FORGETTING_PROBES": "4", "SEAL_FORGETTING_PROMPTS": "2", "SEAL_FORGETTING_PROBE_TOKENS": "16",
            "SEAL_SAMPLING__MAX_NEW_TOKENS": "48", "COLUMNS": "200"}
+    env.update({f"SEAL_{k.upper()}": v for k, v in settings.items()})
     r = subprocess.run([sys.executable, "-m", "seal_cli.main", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -38,7 +45,8 @@ def test_adapt_then_ask(tmp_path):
     assert m["adapted_accuracy"]["contains"] == 1.0 and m["baseline_accuracy"]["contains"] == 0.0
     assert set(m["reward"]) >= {"adapted_accuracy", "retention", "baseline_retention", "penalty", "reward"}
     assert 0.0 <= m["forgetting"] <= 1.0 and m["forgetting_detail"]["probes"] > 0
-    assert "okonkwo" in seal("ask", "--adapter", "ad", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
+    answer = seal("ask", "--adapter", "ad", "--max-tokens", "32", "Who founded the Zorblax Institute?", cwd=tmp_path)
+    assert "okonkwo" in answer.stdout.lower()
     assert "okonkwo" not in seal("ask", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
 
 
@@ -55,7 +63,7 @@ def test_eval_chat_path_one_passage(tmp_path, squad_dev):
 
 def test_eval_one_passage(tmp_path, squad_dev):
     r = seal("eval", "--data", str(squad_dev), "--passages", "1", "--strategies", "passage,implications",
-             "--epochs", "2", "--json", "out.json", cwd=tmp_path)
+             "--epochs", "1", "--json", "out.json", cwd=tmp_path, **SHORT_ANSWERS)
     assert "no-adaptation" in r.stdout and "implications" in r.stdout
     res = json.loads((tmp_path / "out.json").read_text())
     [row] = res["passages"]
@@ -68,7 +76,7 @@ def test_eval_one_passage(tmp_path, squad_dev):
     assert s["passages"] == 1 and set(s["arms"]) == {"no-adaptation", "passage", "implications"}
     # Resuming a finished run does no work and keeps the rows.
     seal("eval", "--data", str(squad_dev), "--passages", "1", "--strategies", "passage,implications",
-         "--epochs", "2", "--json", "out.json", "--resume", cwd=tmp_path)
+         "--epochs", "1", "--json", "out.json", "--resume", cwd=tmp_path, **SHORT_ANSWERS)
     assert json.loads((tmp_path / "out.json").read_text())["passages"] == res["passages"]
 
 
@@ -82,12 +90,15 @@ TWO = [{"title": "Zorblax Institute", "text": FACT,
 def test_rl_then_eval_with_the_trained_policy(tmp_path):
     data = tmp_path / "two.json"
     data.write_text(json.dumps(TWO))
-    args = ("rl", "--data", str(data), "--out", "run", "-P", "2", "-N", "2", "--iterations", "1", "--epochs", "2",
-            "--sft-epochs", "1", "--dev", str(data), "--dev-passages", "2")
-    r = seal(*args, cwd=tmp_path)
+    # Two passages and two dev passages (means over passages); the smallest inner loop, grading and self-edits.
+    args = ("rl", "--data", str(data), "--out", "run", "-P", "2", "-N", "2", "--iterations", "1", "--epochs", "1",
+            "--retention-probes", "2", "--max-new-tokens", "32", "--sft-epochs", "1", "--dev", str(data),
+            "--dev-passages", "2")
+    r = seal(*args, cwd=tmp_path, **SHORT_ANSWERS)
     run = tmp_path / "run"
     assert "iteration 0 passage 1" in r.stderr and "dev passage 1" in r.stderr
     res = json.loads((run / "results.json").read_text())
+    assert (res["config"]["retention_probes"], res["config"]["sampling"]["max_new_tokens"]) == (2, 32)
     [m] = res["curve"]
     # The curve's figures are those of the stored samples; with no keep margin (the default) every passage's
     # best self-edit is kept, so a policy is trained and saved.
@@ -102,11 +113,11 @@ def test_rl_then_eval_with_the_trained_policy(tmp_path):
     assert dev["passages"] == 2
     assert set(dev["summary"]) == {"no-adaptation", "passage-only", "base-policy", "iteration-1"}
     # Rerunning resumes: nothing is evaluated again.
-    again = seal(*args, cwd=tmp_path)
+    again = seal(*args, cwd=tmp_path, **SHORT_ANSWERS)
     assert "iteration 0 passage" not in again.stderr and "dev passage" not in again.stderr
     assert json.loads((run / "results.json").read_text())["dev"]["summary"] == dev["summary"]
     r = seal("eval", "--data", str(data), "--passages", "1", "--strategies", "implications", "--epochs", "1",
-             "--policy", str(run / "iter0" / "policy"), "--json", "pol.json", cwd=tmp_path)
+             "--policy", str(run / "iter0" / "policy"), "--json", "pol.json", cwd=tmp_path, **SHORT_ANSWERS)
     assert json.loads((tmp_path / "pol.json").read_text())["config"]["policy"].endswith("policy")
 
 
@@ -114,11 +125,11 @@ def test_eval_other_modes(tmp_path):
     data = tmp_path / "two.json"
     data.write_text(json.dumps(TWO))
     r = seal("eval", "--data", str(data), "--passages", "2", "--strategies", "passage", "--mode", "continual",
-             "--epochs", "10", "--json", "c.json", cwd=tmp_path)
+             "--epochs", "1", "--json", "c.json", cwd=tmp_path, **SHORT_ANSWERS)
     res = json.loads((tmp_path / "c.json").read_text())
     assert len(res["matrix"]) == 3 and "mean_forgetting" in res["summary"] and "after step" in r.stdout
     r = seal("eval", "--data", str(data), "--passages", "2", "--strategies", "passage,implications",
-             "--mode", "multi-document", "--epochs", "2", "--json", "m.json", cwd=tmp_path)
+             "--mode", "multi-document", "--epochs", "1", "--json", "m.json", cwd=tmp_path, **SHORT_ANSWERS)
     res = json.loads((tmp_path / "m.json").read_text())
     assert res["documents"] == 2 and set(res["arms"]) == {"no-adaptation", "passage", "implications"}
     assert "multi-document" in r.stdout

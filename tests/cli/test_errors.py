@@ -98,6 +98,31 @@ def test_rl_bad_input(tmp_path, squad_dev):
     assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", cwd=tmp_path), "different configuration")
 
 
+# Runs `seal` as above and then says on stderr which model libraries the process imported.
+IMPORTS_PROBE = ("import atexit, sys\n"
+                 "atexit.register(lambda: print('imported:', *[m for m in ('torch', 'transformers', 'peft')"
+                 " if m in sys.modules], file=sys.stderr))\n"
+                 "from seal_cli.main import main\n"
+                 "main()\n")
+
+
+def test_bad_input_is_refused_before_the_model_libraries_load(tmp_path, doc, squad_dev):
+    """Importing torch takes seconds on 2 cores: input the CLI can check on its own fails without it."""
+    (tmp_path / "d.json").write_text(json.dumps([{"context": "x"}]))
+    cases = [(("adapt", str(tmp_path / "missing.txt")), "no such file"),
+             (("adapt", str(doc), "--strategy", "poetry"), "unknown strategy"),
+             (("eval", "--data", str(squad_dev), "--mode", "sideways"), "unknown --mode"),
+             (("eval", "--data", str(tmp_path / "d.json")), "no passages with questions"),
+             (("rl", "--data", str(squad_dev), "--out", "o", "--strategy", "passage"), "self-edit strategy")]
+    env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "COLUMNS": "200"}
+    for args, needle in cases:
+        r = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, *args], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+        *error, imported = r.stderr.strip().splitlines()
+        assert imported == "imported:", (args, imported)
+        assert_one_line_error(subprocess.CompletedProcess(r.args, r.returncode, r.stdout, "\n".join(error)), needle)
+
+
 def test_rl_on_tasks_takes_the_fewshot_settings_from_the_environment(tmp_path):
     # The run's configuration is written before the model loads; a missing model then stops it.
     env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "SEAL_FEWSHOT__MAX_EXAMPLES": "5",

@@ -18,7 +18,10 @@ TRAIN = SHARED_DATA / "squad" / "train.json"
 def test_tiny_rl_run_on_a_real_worker(tmp_path):
     if not TRAIN.exists():
         pytest.skip(f"no {TRAIN}")
-    env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, worker_heartbeat_s=1)
+    # The worker builds the adaptation jobs' retention gate as it starts; RL does not use it: the smallest one
+    # (0 would mean every probe).
+    env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, worker_heartbeat_s=1, forgetting_probes=1,
+                      forgetting_prompts=1, forgetting_probe_tokens=8)
     out = subprocess.run(seal_cli("keys", "create", "--tenant", "ops", "--admin"), env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -28,10 +31,11 @@ def test_tiny_rl_run_on_a_real_worker(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/readyz", 180, serve)
+        # The smallest run with every kind of task: a step, two per-passage evaluations, a policy.
         r = httpx.post(base + "/v1/admin/rl-runs", headers=h, timeout=60, json={
-            "dataset": str(TRAIN), "passages": 2, "samples": 2, "repeats": 1, "iterations": 1, "max_questions": 3,
-            "retention_probes": 8, "lora": {"epochs": 2}, "sampling": {"max_new_tokens": 48},
-            "sft": {"epochs": 2, "learning_rate": 1e-3}})
+            "dataset": str(TRAIN), "passages": 2, "samples": 2, "repeats": 1, "iterations": 1, "max_questions": 1,
+            "retention_probes": 2, "lora": {"epochs": 1}, "sampling": {"max_new_tokens": 32},
+            "sft": {"epochs": 1, "learning_rate": 1e-3}})
         assert r.status_code == 202, r.text
         run_id = r.json()["id"]
         states = []

@@ -47,8 +47,10 @@ def prod(tmp_path):
                       visibility_timeout_s=5, restore_interval_s=1, job_lease_s=5, recovery_interval_s=2,
                       worker_heartbeat_s=1)
         settings = service_settings(tmp_path, TEST_DATA_DIR, **values)
-        env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, torch_threads=1,
-                          sampling__max_new_tokens=48, **values)
+        # Each worker builds its retention gate (probes the base model) as it starts: a small gate
+        # keeps both starts short.
+        env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, torch_threads=1, sampling__max_new_tokens=32,
+                          forgetting_probes=2, forgetting_prompts=1, forgetting_probe_tokens=16, **values)
         yield settings, env, tmp_path
         import redis
 
@@ -66,9 +68,11 @@ def test_sigkill_mid_training_then_new_worker_finishes_with_one_adapter(prod):
     settings, env, tmp_path = prod
     h = bearer(new_key(settings, "acme"))
     with api_client(settings) as client:
+        # About 5 s of training (1.2 s an epoch on one thread): a poll every 0.1 s sees it under way
+        # and the kill lands in it; it runs again, whole, on the second worker.
         r = client.post("/v1/adaptations", headers=h, json={
             "documents": [{"title": "Zorblax Institute", "text": FACT}], "strategy": "implications",
-            "num_self_edits": 1, "lora": {"epochs": 40}, "name": "survivor",
+            "num_self_edits": 1, "lora": {"epochs": 4}, "name": "survivor",
         })
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
@@ -82,12 +86,13 @@ def test_sigkill_mid_training_then_new_worker_finishes_with_one_adapter(prod):
         second = None
         try:
             seen = wait_for(lambda: (j := job())["status"] == "running" and j["progress"]["stage"] == "training" and j,
-                            300, 0.2, what="training to start")
+                            300, 0.1, what="training to start")
             assert seen["attempts"] == 1
             os.kill(first.pid, signal.SIGKILL)
             first.proc.wait(10)
-            # Killed mid-job: still running on paper, and no adapter.
-            assert job()["status"] == "running"
+            # Killed while it trained: still running on paper, the training stage its last word, no adapter.
+            killed = job()
+            assert killed["status"] == "running" and killed["progress"]["stage"] == "training", killed
             with session_scope(settings.resolved_database_url) as db:
                 assert db.scalar(select(func.count()).select_from(Adapter)) == 0
 

@@ -149,8 +149,9 @@ def test_rl_hooks_score_recipes_and_record_failures(bundle):
     from seal_engine.rl.loop import select_best
     from seal_engine.rl.results import PassageResult, RecipeSampleResult
 
-    task = _task(LEARNED_TASK, n_test=4)
-    settings = FewShotSettings(max_examples=8, batch_size=4, step_budget=12)
+    # Two batches an epoch (steps = epochs x batches), of two episodes each: small, cheap steps.
+    task = _task(LEARNED_TASK, n_test=2)
+    settings = FewShotSettings(max_examples=4, batch_size=2, step_budget=12)
     good = Recipe(augmentations=(), loss="output", learning_rate=1e-3, epochs=2).to_json()
     over = Recipe(augmentations=(), loss="output", learning_rate=1e-3, epochs=10).to_json()
     texts = ["Here you go: " + good + " Good luck!", "I would train for a while.", over]
@@ -158,7 +159,7 @@ def test_rl_hooks_score_recipes_and_record_failures(bundle):
     assert result.passage == 3 and result.title == task.name and result.baseline_retention is None
     assert 0 <= result.baseline_accuracy <= 1 and 0 <= result.passage_reward <= 1
     ok, bad, refused = result.samples
-    assert isinstance(ok, RecipeSampleResult) and ok.error is None and ok.steps == 4 and ok.examples == 8
+    assert isinstance(ok, RecipeSampleResult) and ok.error is None and ok.steps == 4 and ok.examples == 4
     assert ok.recipe["epochs"] == 2 and ok.reward == ok.adapted_accuracy == ok.rewards[0]["reward"]
     assert bad.error == "no JSON object found" and bad.reward == 0 and bad.steps == 0
     assert "over the budget of 12" in refused.error and refused.reward == 0 and refused.recipe["epochs"] == 10

@@ -38,7 +38,8 @@ def test_forgetting_summary():
 
 @pytest.fixture
 def fast(engine_settings):
-    return engine_settings.model_copy(update={"lora": LoraSettings(epochs=10), "retention_probes": 8})
+    # Ten epochs learn each passage; the tests check that retention is reported, not its value: two probes.
+    return engine_settings.model_copy(update={"lora": LoraSettings(epochs=10), "retention_probes": 2})
 
 
 @pytest.mark.slow

@@ -55,8 +55,9 @@ def test_select_best_keeps_only_successful_recipes():
 
 @pytest.mark.slow
 def test_one_iteration_over_a_text_task(bundle, engine_settings):
-    fewshot = FewShotSettings(max_examples=6, step_budget=24, paraphrases=0, recipe_max_new_tokens=48,
-                              lora=LoraSettings(rank=8, alpha=16))
+    # Two batches an epoch (as with 6 episodes in 4s), of two episodes each; written recipes of at most 3 epochs.
+    fewshot = FewShotSettings(max_examples=4, batch_size=2, step_budget=24, max_epochs=3, paraphrases=0,
+                              recipe_max_new_tokens=48, lora=LoraSettings(rank=8, alpha=16))
     config = RLConfig(task="text", passages=1, samples=2, iterations=1, fewshot=fewshot,
                       sft=SFTSettings(epochs=1, rank=8, alpha=16))
     stored = []

@@ -69,10 +69,11 @@ def test_one_rl_iteration_on_the_tiny_model(bundle, engine_settings, squad_dev):
     from seal_engine.rl.loop import passages_for_iteration, run_iteration, sample_iteration
 
     pool = load_documents(squad_dev.parent / "train.json")[:20]
+    # Two passages of two samples (a best of each, a mean over passages); the smallest inner loop and grading.
     config = RLConfig(
-        passages=2, samples=2, repeats=1, max_questions=3, retention_probes=8,
-        lora=LoraSettings(epochs=2), sampling=SamplingSettings(max_new_tokens=48),
-        sft=SFTSettings(epochs=2, learning_rate=1e-3),
+        passages=2, samples=2, repeats=1, max_questions=1, retention_probes=2,
+        lora=LoraSettings(epochs=1), sampling=SamplingSettings(max_new_tokens=32),
+        sft=SFTSettings(epochs=1, learning_rate=1e-3),
     )
     stored = []
     result = run_iteration(bundle, pool, config, engine_settings, 0, None, on_passage=stored.append)
