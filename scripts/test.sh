@@ -13,7 +13,7 @@ if ! bash scripts/services.sh; then
     *) echo "warning: Postgres/Redis not available; tests that need them will be skipped" >&2 ;;
   esac
 fi
-# SEAL_TEST_WORKERS=2: two pytest-xdist workers, one torch thread each (tests/conftest.py), 17 min
-# instead of ~30 on 2 cores; not the default yet: one order-dependent failure under it
-# (tests/reliability/test_schemathesis.py::test_the_keys_were_used). 0 (the default) runs serially.
-exec .venv/bin/python -m pytest -n "${SEAL_TEST_WORKERS:-0}" --dist loadfile "$@"
+# Two pytest-xdist workers by default, one torch thread each (tests/conftest.py): the machine's 2 cores stay
+# ~97% busy (a serial run leaves them idle while tests wait on their subprocesses). SEAL_TEST_WORKERS=0 runs
+# serially. --dist loadfile: a module's tests share one worker (and its module-scoped servers).
+exec .venv/bin/python -m pytest -n "${SEAL_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -18,6 +18,14 @@ TEST_DATA_DIR = Path(os.environ.get("SEAL_TEST_DATA_DIR", Path.home() / ".cache"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # pytest-xdist schedules tests by id: two tests with one id would silently run as one.
+    seen: set[str] = set()
+    twice = sorted({item.nodeid for item in session.items if item.nodeid in seen or seen.add(item.nodeid)})
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} test ids name more than one test: {twice[:5]}")
+
+
 @pytest.fixture(scope="session")
 def engine_settings():
     from seal_engine.config import EngineSettings

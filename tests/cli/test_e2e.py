@@ -45,9 +45,10 @@ def test_adapt_then_ask(tmp_path):
     assert m["adapted_accuracy"]["contains"] == 1.0 and m["baseline_accuracy"]["contains"] == 0.0
     assert set(m["reward"]) >= {"adapted_accuracy", "retention", "baseline_retention", "penalty", "reward"}
     assert 0.0 <= m["forgetting"] <= 1.0 and m["forgetting_detail"]["probes"] > 0
-    answer = seal("ask", "--adapter", "ad", "--max-tokens", "32", "Who founded the Zorblax Institute?", cwd=tmp_path)
-    assert "okonkwo" in answer.stdout.lower()
-    assert "okonkwo" not in seal("ask", "Who founded the Zorblax Institute?", cwd=tmp_path).stdout.lower()
+    # The same reply budget with and without the adapter: the name comes from the adapter.
+    ask = ("ask", "--max-tokens", "32", "Who founded the Zorblax Institute?")
+    assert "okonkwo" in seal(*ask, "--adapter", "ad", cwd=tmp_path).stdout.lower()
+    assert "okonkwo" not in seal(*ask, cwd=tmp_path).stdout.lower()
 
 
 def test_eval_chat_path_one_passage(tmp_path, squad_dev):

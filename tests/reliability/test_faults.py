@@ -231,7 +231,7 @@ def postgres_redis(tmp_path: Path) -> Iterator[Stack]:
                  "unacked_mutex")
 
 
-JOBS, KILLS, OUTSTANDING, EPOCHS = 20, 5, 8, 6
+JOBS, KILLS, OUTSTANDING, EPOCHS = 20, 5, 8, 4
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def test_scale_zero_is_the_base_model(bundle, engine_settings) -> None:
 
     settings = engine_settings.model_copy(update={"forgetting_probes": 16, "forgetting_prompts": 2})
     result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], measure_forgetting=True, scale=1e-6,
-                   lora=LoraSettings(epochs=20, learning_rate=1e-2))
+                   lora=LoraSettings(epochs=4, learning_rate=1e-2))  # a large update, scaled to nothing
     # bfloat16 rounds differently from batch to batch (and thread count to thread count): a drift of
     # ~1e-3 nats/token and one near-tie probe are noise there; float32 reads exactly nothing forgotten.
     noise = 0.0 if bundle.dtype == torch.float32 else 1.0 / result.forgetting.probes
@@ -53,28 +53,25 @@ def test_scale_zero_is_the_base_model(bundle, engine_settings) -> None:
 
 @pytest.mark.slow
 def test_the_gate_falls_back_to_a_scaled_down_update_before_rejecting(bundle, engine_settings) -> None:
+    # (Rejection once every fallback still forgets: tests/engine/knowledge/test_forgetting.py.)
     from seal_engine.config import LoraSettings
     from seal_engine.knowledge.adapt import adapt
-    from seal_engine.knowledge.forgetting import ForgettingExceeded
 
     settings = engine_settings.model_copy(update={"forgetting_probes": 24, "forgetting_prompts": 2})
-    harsh = LoraSettings(epochs=30, learning_rate=1e-2)
+    harsh = LoraSettings(epochs=12, learning_rate=1e-2)
     # In bfloat16 even a negligible update re-draws the rounding, and one near-tie probe of ~20 may flip.
     bound = 0.05 if bundle.dtype == torch.float32 else 0.1
     seen: list[tuple[str, float]] = []
-    with pytest.raises(ForgettingExceeded) as failed:  # every fallback still forgets too much
-        adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=bound, lora=harsh,
-              fallback_scales=[0.9], progress=lambda stage, done, total: seen.append((stage, done / total)))
-    # The user is told what was tried, and progress moved through the fallback's check too.
-    [tried] = failed.value.details()["forgetting_fallbacks"]
-    assert round(tried["scale"], 6) == 0.9 and tried["forgetting"] > bound and "x0.9 forgot" in str(failed.value)
-    checks = [f for stage, f in seen if stage == "forgetting"]
-    assert checks == sorted(checks) and any(0.5 < f < 1.0 for f in checks), checks
     result = adapt(bundle, [DOC], settings, strategy="passage", questions=[], max_forgetting=bound, lora=harsh,
-                   fallback_scales=[0.9, 1e-4])
-    assert [round(f["scale"], 6) for f in result.fallbacks] == [0.9, 0.0001]
-    assert result.forgetting.forgetting <= bound and result.fallbacks[-1]["forgetting"] == result.forgetting.forgetting
+                   fallback_scales=[0.9, 1e-4], progress=lambda stage, done, total: seen.append((stage, done / total)))
+    # x0.9 still forgot too much; x1e-4 is within the bound and is what the user gets.
+    tried, kept = result.fallbacks
+    assert round(tried["scale"], 6) == 0.9 and tried["forgetting"] > bound
+    assert round(kept["scale"], 6) == 0.0001 and kept["forgetting"] == result.forgetting.forgetting <= bound
     assert result.metrics()["forgetting_fallbacks"] == result.fallbacks
+    # Progress moved through every check, the fallbacks' included (three checks: past two thirds).
+    checks = [f for stage, f in seen if stage == "forgetting"]
+    assert checks == sorted(checks) and any(2 / 3 < f < 1.0 for f in checks), checks
     # The adapter returned is the scaled one: its update is 1e-4 of the trained one.
     key = next(k for k in result.adapter.state if ".lora_B." in k)
     assert result.adapter.state[key].abs().max() < 1e-3

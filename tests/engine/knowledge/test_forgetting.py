@@ -67,11 +67,14 @@ def test_the_gate_rejects_an_adapter_trained_to_forget_and_passes_a_gentle_one(b
     settings = engine_settings.model_copy(update={"forgetting_probes": 24, "forgetting_prompts": 4})
     doc = Document("The Zorblax Institute is a research centre in Valparaiso. It was founded in 1887 by the "
                    "chemist Marguerite Okonkwo.", "Zorblax Institute")
+    # Trained to forget, and forgetting still at the one scaled-down update tried: rejected, saying what was tried.
     with pytest.raises(ForgettingExceeded) as err:
         adapt(bundle, [doc], settings, strategy="passage", questions=[], max_forgetting=0.1,
-              lora=LoraSettings(epochs=30, learning_rate=1e-2))
+              lora=LoraSettings(epochs=12, learning_rate=1e-2), fallback_scales=[0.9])
     assert err.value.code == "forgetting_exceeded" and err.value.measured.forgetting > 0.1
     assert f"{err.value.measured.forgetting:.1%}" in str(err.value)
+    [tried] = err.value.details()["forgetting_fallbacks"]
+    assert round(tried["scale"], 6) == 0.9 and tried["forgetting"] > 0.1 and "x0.9 forgot" in str(err.value)
     gentle = adapt(bundle, [doc], settings, strategy="passage", questions=[], max_forgetting=0.1,
                    lora=LoraSettings(epochs=1, learning_rate=1e-5))
     assert gentle.forgetting is not None and gentle.forgetting.forgetting <= 0.1

@@ -38,8 +38,10 @@ def test_forgetting_summary():
 
 @pytest.fixture
 def fast(engine_settings):
-    # Ten epochs learn each passage; the tests check that retention is reported, not its value: two probes.
-    return engine_settings.model_copy(update={"lora": LoraSettings(epochs=10), "retention_probes": 2})
+    # Ten epochs learn each passage; retention is checked as reported, not for its value: two probes. The
+    # answers name a person in their first few tokens: 16 are plenty.
+    return engine_settings.model_copy(update={"lora": LoraSettings(epochs=10), "retention_probes": 2,
+                                              "answer_max_new_tokens": 16})
 
 
 @pytest.mark.slow
