@@ -18,6 +18,18 @@ TEST_DATA_DIR = Path(os.environ.get("SEAL_TEST_DATA_DIR", Path.home() / ".cache"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+# The longest modules (minutes each on 2 cores) go to the xdist workers first, so that the run does not
+# end with one worker on a long module while the other has nothing left (--dist loadfile hands out
+# modules in collection order).
+LONGEST_FIRST = ("tests/reliability/test_faults.py", "tests/cli/test_e2e.py", "tests/engine/knowledge/test_adapt.py",
+                 "tests/engine/fewshot/test_ttt.py", "tests/api/test_rl_runs.py", "tests/service/test_rl_embedded.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: the rest keep order
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     # pytest-xdist schedules tests by id: two tests with one id would silently run as one.
     seen: set[str] = set()
