@@ -40,7 +40,7 @@ from seal_engine.core.model import get_model  # noqa: E402
 from seal_engine.knowledge.benchmark import select_passages  # noqa: E402
 from seal_engine.knowledge.documents import load_documents  # noqa: E402
 from seal_engine.knowledge.forgetting import forgetting_check  # noqa: E402
-from seal_engine.knowledge.quality import evaluate_passage, markdown_table, summarize  # noqa: E402
+from seal_engine.knowledge.quality import evaluate_passage, markdown_table, relevance_curve, summarize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "squad" / "dev.json"
@@ -62,6 +62,12 @@ def _linear(recipe: dict[str, Any], targets: str = "all-linear") -> dict[str, An
 RECIPES: dict[str, dict[str, Any]] = {
     # The service's default (SEAL_RECIPE__* and SEAL_LORA__*; each row records what it was).
     "default": default_recipe(),
+    # The default inner loop, served with per-request relevance (seal_engine.serving.relevance): the
+    # adapter answers the requests whose gain passes the 0.95 quantile of its gains on the gate half.
+    "default-routed": {**default_recipe(), "relevance_quantile": 0.95},
+    # With the relevance check guarding general requests, an adapter that learns more and forgets more:
+    # every linear layer, no retention gate.
+    "linear-routed": _linear({"strategy": "passage", "k": 1, "relevance_quantile": 0.95}),
     # What the service and the benchmarks did before this benchmark existed.
     "passage": _linear({"strategy": "passage", "k": 1}),
     "implications-k5": _linear({"strategy": "implications", "k": 5}),
@@ -103,6 +109,7 @@ def _comparable(row: dict, identity: dict) -> bool:
         return False
     if row["recipe"] == "default":
         spec = dict(row.get("spec", {}))
+        spec.setdefault("relevance_quantile", None)  # rows from before the relevance check: none
         return spec.pop("lora", None) == EngineSettings().lora.model_dump() and spec == RECIPES["default"]
     return True
 
@@ -129,6 +136,9 @@ def main() -> None:
     if args.report_only:
         rows = [json.loads(line) for line in store.read_text().splitlines()] if store.exists() else []
         print(markdown_table(summarize(rows, recipes), args.short_tokens, args.read_tokens))
+        print_curves({name: c for name in recipes
+                      if (c := relevance_curve([r for r in rows if r["recipe"] == name], CURVE_QUANTILES))},
+                     args.read_tokens)
         return
     settings = EngineSettings()
     bundle = get_model(settings)
@@ -163,8 +173,26 @@ def main() -> None:
             f"{r['recipe']} {100 * r['contains_read']:.0f}%/{100 * r['forgetting']:.0f}%/{r['seconds']:.0f}s"
             for r in new), flush=True)
     table = summarize(rows, recipes)
-    (args.out / "summary.json").write_text(json.dumps({"identity": identity, "table": table}, indent=1))
+    curves = {name: relevance_curve([r for r in rows if r["recipe"] == name], CURVE_QUANTILES) for name in recipes}
+    curves = {name: c for name, c in curves.items() if c}
+    (args.out / "summary.json").write_text(json.dumps({"identity": identity, "table": table,
+                                                       "relevance_curves": curves}, indent=1))
     print(markdown_table(table, args.short_tokens, args.read_tokens))
+    print_curves(curves, args.read_tokens)
+
+
+# Relevance thresholds whose served figures routed recipes report (from the rows' gains and grades).
+CURVE_QUANTILES = (0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
+
+
+def print_curves(curves: dict[str, dict[float, dict[str, float]]], read: int) -> None:
+    for name, curve in curves.items():
+        print(f"\n{name}, served at other relevance quantiles (from the stored gains and grades):\n"
+              f"| quantile | contains@{read} | forgetting (report probes) | own questions routed | report probes routed |"
+              "\n|---|---|---|---|---|")
+        for q, c in curve.items():
+            print(f"| {q} | {100 * c['contains_read']:.1f} | {100 * c['forgetting']:.1f} | "
+                  f"{100 * c['served_own']:.1f}% | {100 * c['served_probes']:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ AnchorCount = Annotated[int, Field(ge=0, le=64)]
 AnchorWeight = Annotated[float, Field(ge=0.0, le=100.0)]
 UpdateScale = Annotated[float, Field(gt=0.0, le=2.0)]
 ForgettingBound = Annotated[float, Field(ge=0.0, le=1.0)]
+RelevanceQuantile = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class LoraSettings(BaseModel):
@@ -183,6 +184,11 @@ class RecipeSettings(BaseModel):
     # The retention gate: an adapter forgetting more than this share of the gate probes is
     # scaled down (fallback_scales), then rejected (None: measured and reported, never rejected).
     max_forgetting: ForgettingBound | None = 0.3
+    # Served, the adapter answers only the requests about its documents, the base model the rest
+    # (seal_engine.serving.relevance): its threshold is this quantile of its relevance gains on
+    # general requests (the gate half), so about 1 - q of general requests still reach it.
+    relevance: bool = True
+    relevance_quantile: RelevanceQuantile = 0.95
 
     ADAPT_FIELDS: ClassVar[tuple[str, ...]] = ("training_format", "replay", "anchors", "anchor_weight", "scale",
                                               "fallback_scales")
@@ -190,7 +196,8 @@ class RecipeSettings(BaseModel):
     def adapt_kwargs(self) -> dict[str, object]:
         """The keyword arguments of ``seal_engine.knowledge.adapt.adapt`` this recipe sets
         (strategy, k and the gate are passed by name)."""
-        return {name: getattr(self, name) for name in self.ADAPT_FIELDS}
+        return {**{name: getattr(self, name) for name in self.ADAPT_FIELDS},
+                "relevance_quantile": self.relevance_quantile if self.relevance else None}
 
 
 class EngineSettings(BaseSettings):

@@ -178,15 +178,18 @@ class Housekeeper:
 
 def preload_model(settings: Settings) -> None:
     """Load the model and the base side of the retention gate (the base model's answers to the
-    gate probes and prompts), so that no job pays for either."""
+    gate probes and prompts) and of the relevance calibration, so that no job pays for them."""
     from seal_engine.core.model import get_model
-    from seal_engine.knowledge.forgetting import gate_check
+    from seal_engine.knowledge.forgetting import gate_check, gate_requests
+    from seal_engine.serving.relevance import base_nlls
 
     try:
         bundle = get_model(settings)
         log.info("model %s loaded on %s", bundle.model_id, bundle.device)
         check = gate_check(bundle, settings)
         log.info("retention gate ready: %d probes, %d prompts", sum(check.base_correct), len(check.replies))
+        if settings.recipe.relevance_quantile is not None:
+            base_nlls(bundle, gate_requests(bundle, settings))
     except Exception:
         log.exception("could not load the model; jobs will fail with the reason")
     finally:

@@ -286,7 +286,8 @@ class LocalBackend(GenerationBackend):
 
         def req(n: int) -> CompletionRequest:
             return CompletionRequest(prompt=prompt, adapter=adapter, max_tokens=max_tokens,
-                                     temperature=body.temperature, top_p=body.top_p, stop=stop, n=n, seed=body.seed)
+                                     temperature=body.temperature, top_p=body.top_p, stop=stop, n=n, seed=body.seed,
+                                     relevance=body.relevance)
 
         if body.stream:
             base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": body.model,
@@ -316,6 +317,8 @@ class LocalBackend(GenerationBackend):
                 for i, c in enumerate(completions)
             ],
             "usage": usage(prompt_tokens, sum(c.completion_tokens for c in completions)),
+            # Whether the adapter answered (False: its relevance check gave the request to the base model).
+            "adapter_served": completions[0].adapter_served if completions else None,
         })
 
     async def completions(self, body: CompletionIn, target: ModelTarget, max_tokens: int,
@@ -328,7 +331,8 @@ class LocalBackend(GenerationBackend):
 
         def req(prompt: str, n: int) -> CompletionRequest:
             return CompletionRequest(prompt=prompt, adapter=adapter, max_tokens=max_tokens,
-                                     temperature=body.temperature, top_p=body.top_p, stop=stop, n=n, seed=body.seed)
+                                     temperature=body.temperature, top_p=body.top_p, stop=stop, n=n, seed=body.seed,
+                                     relevance=body.relevance)
 
         if body.stream:
             base = {"id": cid, "object": "text_completion", "created": created, "model": body.model,
@@ -352,8 +356,9 @@ class LocalBackend(GenerationBackend):
         completion_tokens = 0
         for pi, comps in enumerate(results):
             for j, c in enumerate(comps):
+                # Per choice: each prompt is checked for relevance on its own.
                 choices.append({"index": pi * body.n + j, "text": c.text, "logprobs": None,
-                                "finish_reason": c.finish_reason})
+                                "finish_reason": c.finish_reason, "adapter_served": c.adapter_served})
                 completion_tokens += c.completion_tokens
         return JSONResponse({
             "id": cid, "object": "text_completion", "created": created, "model": body.model,

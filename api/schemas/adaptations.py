@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field, GetJsonSchemaHandler, field_validator, mo
 from api.schemas.common import ID_MAX, MAX_TEXT, Strict
 from api.schemas.documents import QuestionIn
 from api.schemas.jobs import JobErrorOut, LoraIn, Progress, SelfEditOut
-from seal_engine.config import AnchorCount, AnchorWeight, ForgettingBound, Seed, SelfEdits, TrainingFormat, UpdateScale
+from seal_engine.config import (AnchorCount, AnchorWeight, ForgettingBound, RelevanceQuantile, Seed, SelfEdits,
+                                TrainingFormat, UpdateScale)
 
 
 class DocumentItem(Strict):
@@ -68,6 +69,13 @@ class RecipeIn(Strict):
     scale: UpdateScale | None = Field(None, description="the trained update is multiplied by this")
     fallback_scales: list[UpdateScale] | None = Field(
         None, max_length=4, description="over max_forgetting, the update scaled down by each in turn before rejecting it")
+    relevance: bool | None = Field(
+        None, description="true: served, the adapter answers only the requests about its documents (their relevance "
+        "gain passes its threshold), the base model the rest; false: every request that names it; default: the "
+        "server's SEAL_RECIPE__RELEVANCE")
+    relevance_quantile: RelevanceQuantile | None = Field(
+        None, description="the threshold: this quantile of the adapter's gains on general requests (about 1 - q of "
+        "them still reach it; unused with relevance false); default: the server's SEAL_RECIPE__RELEVANCE_QUANTILE")
 
 
 class AdaptationCreate(Strict):

@@ -53,6 +53,10 @@ class _SamplingParams(Lenient):
     stream_options: StreamOptions | None = None
     # Within what a JSON number holds exactly (a double), so that every seed the schema allows is taken.
     seed: int | None = Field(None, ge=-(2**53 - 1), le=2**53 - 1)
+    # seal's own (the openai client's extra_body): an adapter with a relevance threshold answers only
+    # requests about its documents, the base model the rest; false: the adapter answers this one.
+    relevance: bool = Field(True, description="false: the named adapter answers this request even when its "
+                            "relevance check would give it to the base model (local backend)")
 
     @field_validator("stop")
     @classmethod

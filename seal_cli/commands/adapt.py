@@ -37,6 +37,9 @@ def adapt(
     max_forgetting: Annotated[Optional[float], typer.Option(
         min=0.0, max=1.0, help="refuse to save an adapter that forgets more than this share of the gate probes; "
         "default: the recipe's (SEAL_RECIPE__MAX_FORGETTING)")] = None,
+    relevance: Annotated[Optional[bool], typer.Option(
+        "--relevance/--no-relevance", help="served, the adapter answers only the requests about its documents (the "
+        "base model the rest); default: the recipe's (SEAL_RECIPE__RELEVANCE)")] = None,
 ) -> None:
     """Teach the model a document: write self-edits, train a LoRA adapter on them, check what it forgot, save it."""
     from seal_engine.knowledge.documents import load_documents
@@ -47,6 +50,8 @@ def adapt(
         docs = load_documents(document)
         settings = engine_settings(lora_rank=rank, lora_epochs=epochs, lora_learning_rate=lr, lora_seed=seed)
         recipe = settings.recipe
+        if relevance is not None:
+            recipe = recipe.model_copy(update={"relevance": relevance})
         strategy = strategy or ("custom" if template else recipe.strategy)
         get_strategy(strategy, template)
         bound = max_forgetting if max_forgetting is not None else recipe.max_forgetting
@@ -73,6 +78,9 @@ def adapt(
     assert result.forgetting is not None
     out.print(f"adapter written to {path} ({len(result.sequences)} training sequences, {len(result.self_edits)} self-edits); "
               f"it forgets {result.forgetting.forgetting:.0%} of {result.forgetting.probes} general-knowledge probes")
+    if result.adapter.relevance is not None:
+        out.print(f"served, it answers the requests whose relevance gain is over {result.adapter.relevance.threshold:.2f} "
+                  "nats; the base model answers the rest")
     if result.adapted is not None:
         out.print(json.dumps(result.metrics(), indent=1))
 

@@ -8,6 +8,7 @@ model only for as long as they need it.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -25,23 +26,43 @@ from seal_engine.errors import InputError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Beside the PEFT files (which PEFT ignores): when the adapter serves a request (seal_engine.serving.relevance).
+ADAPTER_RELEVANCE = "seal_relevance.json"
 
 
 class AdapterError(InputError):
     pass
 
 
+@dataclass(frozen=True)
+class Relevance:
+    """Which requests an adapter serves: those whose largest per-token NLL gain (base model minus
+    adapter, over the prompt's tokens) is above ``threshold`` nats; the others get the base model.
+    ``threshold`` is the ``quantile`` of the gains of ``texts`` general requests (calibration)."""
+
+    threshold: float
+    quantile: float
+    texts: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"threshold": self.threshold, "quantile": self.quantile, "texts": self.texts}
+
+
 @dataclass
 class LoraAdapter:
     config: LoraConfig
     state: dict[str, torch.Tensor]
+    relevance: Relevance | None = None  # None: the adapter serves every request that names it
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (loadable by peft)."""
+        """Write ``adapter_config.json`` + ``adapter_model.safetensors`` (loadable by peft), and
+        ``seal_relevance.json`` when the adapter has a relevance threshold."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save_pretrained(str(directory))
         save_file({k: v.contiguous() for k, v in self.state.items()}, str(directory / ADAPTER_WEIGHTS))
+        if self.relevance is not None:
+            (directory / ADAPTER_RELEVANCE).write_text(json.dumps(self.relevance.to_dict()))
         return directory
 
     @property
@@ -53,6 +74,7 @@ class LoraAdapter:
         base model, 1 this adapter; in between, a point on the line from one to the other."""
         out = copy.copy(self)
         out.state = {k: v * factor if ".lora_B." in k else v for k, v in self.state.items()}
+        out.relevance = None  # calibrated for the unscaled update
         return out
 
 
@@ -70,7 +92,13 @@ def load_adapter(directory: str | Path) -> LoraAdapter:
     if not (directory / ADAPTER_CONFIG).exists() or not (directory / ADAPTER_WEIGHTS).exists():
         raise AdapterError(f"not a PEFT adapter directory (needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}): {directory}")
     config = LoraConfig.from_pretrained(str(directory))
-    return LoraAdapter(config=config, state=load_file(str(directory / ADAPTER_WEIGHTS)))
+    relevance = None
+    if (directory / ADAPTER_RELEVANCE).exists():
+        try:
+            relevance = Relevance(**json.loads((directory / ADAPTER_RELEVANCE).read_text()))
+        except (ValueError, TypeError) as e:
+            raise AdapterError(f"unreadable {ADAPTER_RELEVANCE} in {directory}: {e}") from None
+    return LoraAdapter(config=config, state=load_file(str(directory / ADAPTER_WEIGHTS)), relevance=relevance)
 
 
 # Target shorthands: every linear layer (PEFT's own), or every linear layer of the feed-forward

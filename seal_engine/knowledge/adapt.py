@@ -17,17 +17,18 @@ from seal_engine.errors import InputError
 from seal_engine.knowledge.chat_format import chat_examples
 from seal_engine.knowledge.documents import Document, DocumentError, Question
 from seal_engine.knowledge.evaluation import score_adapters
-from seal_engine.knowledge.forgetting import Forgetting, enforce, gate_check, gate_forgetting
+from seal_engine.knowledge.forgetting import Forgetting, enforce, gate_check, gate_forgetting, gate_requests
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.qa import QAResult
 from seal_engine.knowledge.replay import replay_examples
 from seal_engine.knowledge.retention import baseline_retention
 from seal_engine.knowledge.reward import Reward, compute_reward
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
+from seal_engine.serving.relevance import calibrate
 from seal_engine.training.batched import Anchors, Example, train_adapters_batched
 
 # progress(stage, done, total): stages are "self_edits" (per decoding step), "training" (per
-# optimizer step), "forgetting" (per probe batch) and "evaluation".
+# optimizer step), "forgetting" (per probe batch), "relevance" and "evaluation".
 Progress = Callable[[str, int, int], None]
 
 MAX_SELF_EDITS = 64
@@ -70,6 +71,8 @@ class AdaptationResult:
             out["forgetting_detail"] = self.forgetting.to_dict()
         if self.fallbacks:
             out["forgetting_fallbacks"] = self.fallbacks
+        if self.adapter.relevance is not None:
+            out["relevance"] = self.adapter.relevance.to_dict()
         return out
 
     def record(self) -> dict:
@@ -115,6 +118,7 @@ def adapt(
     fallback_scales: Sequence[float] = (),
     measure_forgetting: bool = False,
     max_forgetting: float | None = None,
+    relevance_quantile: float | None = None,
 ) -> AdaptationResult:
     """Teach the model ``documents``: one adapter trained on all their self-edits.
 
@@ -136,6 +140,10 @@ def adapt(
     :class:`~seal_engine.knowledge.forgetting.ForgettingExceeded`, unless one of
     ``fallback_scales`` (tried in order) brings the scaled-down update within it; the
     adapter then returned is that one, and ``result.fallbacks`` lists what was tried.
+
+    ``relevance_quantile`` calibrates the adapter's relevance threshold on the gate half's
+    requests (:mod:`seal_engine.serving.relevance`): served, it then answers only the requests
+    about its documents, the base model the rest. None: it serves every request that names it.
     """
     if not documents:
         raise DocumentError("no documents to adapt to")
@@ -201,6 +209,12 @@ def adapt(
         report("forgetting", 1, 1)
         enforce(result.forgetting, max_forgetting, fallbacks=result.fallbacks)
         adapter = result.adapter
+    if relevance_quantile is not None:
+        t = time.perf_counter()
+        report("relevance", 0, 1)
+        adapter.relevance = calibrate(bundle, adapter, gate_requests(bundle, settings), relevance_quantile)
+        timings["relevance_s"] = time.perf_counter() - t
+        report("relevance", 1, 1)
     if qs:
         t = time.perf_counter()
         report("evaluation", 0, 1)

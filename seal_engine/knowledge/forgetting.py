@@ -27,9 +27,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
-
 from seal_engine.config import EngineSettings
 from seal_engine.core.grading import grade_offline
 from seal_engine.core.lora import LoraAdapter
@@ -77,6 +74,8 @@ class Forgetting:
     retained: float  # share of the probes the base model answers right that the adapter still does
     probes: int  # how many such probes were asked
     drift_nll: float | None  # nats per token; None when not measured
+    # Per probe of the check (all of them, in order): whether the adapter answered it right.
+    correct: tuple[bool, ...] = ()
 
     @property
     def forgetting(self) -> float:
@@ -120,13 +119,13 @@ def answer_nll(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapter: L
     return answer_nlls(bundle, pairs, [adapter], batch_size=batch_size, max_len=max_len)[0]
 
 
-@torch.inference_mode()
 def answer_nlls(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapters: Sequence[LoraAdapter | None],
                 *, batch_size: int = 16, max_len: int = 512) -> list[float]:
     """:func:`answer_nll` for each adapter, every adapter's rows sharing the forward passes
     (the serving kernels: each row its own adapter, None the base model)."""
     from seal_engine.serving.lora_slots import serving
-    from seal_engine.training.sft import IGNORE, build_example, collate_sft
+    from seal_engine.serving.scoring import token_nlls
+    from seal_engine.training.sft import build_example
 
     examples = [ex for pair in pairs if (ex := build_example(bundle, pair[0], pair[1], max_len))]
     unique: list[LoraAdapter] = []
@@ -134,23 +133,15 @@ def answer_nlls(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapters:
         if a is not None and all(a is not u for u in unique):
             unique.append(a)
     slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
-    rows = sorted(((j, ex) for j in range(len(adapters)) for ex in examples), key=lambda r: len(r[1][0]))
-    total, tokens = [0.0] * len(adapters), [0] * len(adapters)
     with serving(bundle, unique) as lora:
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            batch = collate_sft([ex for _, ex in chunk], bundle.tokenizer.pad_token_id)
-            lora.route([slot_of[j] for j, _ in chunk])
-            logits = bundle.model(input_ids=batch["input_ids"].to(bundle.device),
-                                  attention_mask=batch["attention_mask"].to(bundle.device)).logits[:, :-1]
-            labels = batch["labels"][:, 1:].to(bundle.device)
-            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                  ignore_index=IGNORE, reduction="none").view(len(chunk), -1).sum(dim=1)
-            for (j, _), row_nll, n in zip(chunk, nll.tolist(), (labels != IGNORE).sum(dim=1).tolist()):
-                total[j] += row_nll
-                tokens[j] += n
-        lora.route(None)
-    return [t / n if n else 0.0 for t, n in zip(total, tokens)]
+        nlls = token_nlls(bundle, lora, [(slot_of[j], ids, labels) for j in range(len(adapters))
+                                         for ids, labels in examples], batch_size=batch_size)
+    out = []
+    for j in range(len(adapters)):
+        mine = nlls[j * len(examples) : (j + 1) * len(examples)]
+        tokens = sum(len(n) for n in mine)
+        out.append(float(sum(n.sum() for n in mine)) / tokens if tokens else 0.0)
+    return out
 
 
 def measure_forgetting(bundle: ModelBundle, check: ForgettingCheck, adapters: Sequence[LoraAdapter],
@@ -168,12 +159,12 @@ def measure_forgetting(bundle: ModelBundle, check: ForgettingCheck, adapters: Se
     for k, adapter in enumerate(adapters):
         mine = answers[k * len(questions) : (k + 1) * len(questions)]
         # Only what the user had before counts: the probes the base model answers through this path.
-        kept = [grade_offline(a, q.answer)[PROBE_GRADER] == 1.0
-                for a, q, base_ok in zip(mine, check.probes, check.base_correct) if base_ok]
-        out.append(Forgetting(statistics.fmean(kept) if kept else 1.0, len(kept), None))
+        correct = tuple(grade_offline(a, q.answer)[PROBE_GRADER] == 1.0 for a, q in zip(mine, check.probes))
+        kept = [ok for ok, base_ok in zip(correct, check.base_correct) if base_ok]
+        out.append(Forgetting(statistics.fmean(kept) if kept else 1.0, len(kept), None, correct))
     if drift and check.replies:
         nlls = answer_nlls(bundle, check.replies, adapters)
-        out = [Forgetting(f.retained, f.probes, nll - check.base_nll) for f, nll in zip(out, nlls)]
+        out = [Forgetting(f.retained, f.probes, nll - check.base_nll, f.correct) for f, nll in zip(out, nlls)]
         if progress:
             progress(steps, steps)
     return out
@@ -208,6 +199,15 @@ def gate_check(bundle: ModelBundle, settings: EngineSettings) -> ForgettingCheck
     whose base replies anchor training (:class:`seal_engine.training.batched.Anchors`)."""
     return forgetting_check(bundle, settings, "gate", max_tokens=settings.forgetting_probe_tokens,
                             max_probes=settings.forgetting_probes, max_prompts=settings.forgetting_prompts)
+
+
+def gate_requests(bundle: ModelBundle, settings: EngineSettings) -> list[list[int]]:
+    """The whole gate half (probe questions and generic prompts) as chat requests' prompt tokens:
+    the general requests an adapter's relevance threshold is calibrated on."""
+    from seal_engine.serving.completions import chat_prompt_ids
+
+    texts = [p.question for p in probes(bundle, settings, "gate")] + generic_prompts("gate")
+    return [chat_prompt_ids(bundle, [{"role": "user", "content": t}]) for t in texts]
 
 
 def gate_forgetting(bundle: ModelBundle, settings: EngineSettings, adapter: LoraAdapter,

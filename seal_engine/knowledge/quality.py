@@ -19,6 +19,7 @@ Every recipe's adapters for a passage are evaluated together in shared decode ba
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -29,12 +30,14 @@ from seal_engine.core.grading import grade_offline
 from seal_engine.core.model import ModelBundle
 from seal_engine.knowledge.adapt import adapt
 from seal_engine.knowledge.documents import Document
-from seal_engine.knowledge.forgetting import ForgettingCheck, ForgettingExceeded, measure_forgetting
+from seal_engine.knowledge.forgetting import ForgettingCheck, ForgettingExceeded, gate_requests, measure_forgetting
 from seal_engine.knowledge.qa import chat_answers
+from seal_engine.serving.completions import chat_prompt_ids
+from seal_engine.serving.relevance import adapter_gains, quantile, serves
 
 # Per recipe, the figures a summary averages over passages.
 FIGURES = ("contains_read", "f1_read", "contains_short", "f1_short", "base_contains_read", "forgetting", "drift_nll",
-           "seconds")
+           "seconds", "weight_contains_read", "weight_forgetting", "weight_drift_nll", "served_own", "served_replies")
 
 
 def first_tokens(bundle: ModelBundle, text: str, n: int) -> str:
@@ -59,7 +62,11 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
 
     A recipe's ``lora`` entry overrides the settings' LoRA fields. A recipe with a
     ``max_forgetting`` gate whose adapter is rejected leaves the user the base model: its row
-    says ``rejected`` and carries the base model's answers (nothing learned, nothing forgotten)."""
+    says ``rejected`` and carries the base model's answers (nothing learned, nothing forgotten).
+    A recipe with a ``relevance_quantile`` is graded as served (each request routed to the
+    adapter or the base model, :mod:`seal_engine.serving.relevance`); the same adapter serving
+    every request is graded beside it (``weight_*`` figures), and the row keeps each question's
+    and probe's relevance gain and grades, from which any other threshold's figures follow."""
     adapters, rows, rejected = [], [], []
     for name, recipe in recipes.items():
         spec = dict(recipe)
@@ -78,24 +85,71 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
                      "train_steps": len(result.adapter.losses), "examples": result.adapter.num_sequences,
                      "rejected": False, "fallbacks": result.fallbacks,
                      "gate_forgetting": result.forgetting.forgetting if result.forgetting else None})
+    # The routed adapters once more, serving every request (what the weights alone do).
+    weights = {k: dataclasses.replace(a, relevance=None) for k, a in enumerate(adapters) if a.relevance is not None}
     questions = [q.question for q in doc.questions]
     golds = [q.answer for q in doc.questions]
-    subjects = [None, *adapters]
+    subjects = [None, *adapters, *weights.values()]
     answers = chat_answers(bundle, questions * len(subjects), [a for a in subjects for _ in questions],
                            max_tokens=read_tokens)
     per = [answers[i * len(questions) : (i + 1) * len(questions)] for i in range(len(subjects))]
     base = grade_replies(bundle, per[0], golds, short_tokens)
-    forgot = measure_forgetting(bundle, check, adapters)
+    forgot = measure_forgetting(bundle, check, [*adapters, *weights.values()])
     for row, mine, f in zip(rows, per[1:], forgot):
         row.update(grade_replies(bundle, mine, golds, short_tokens))
         row.update({f"base_{k}": v for k, v in base.items()})
         row.update(f.to_dict())
         row["answers"] = mine
+    for (k, weight), mine, f in zip(weights.items(), per[1 + len(adapters):], forgot[len(adapters):]):
+        row, adapter = rows[k], adapters[k]
+        row.update({f"weight_{key}": v for key, v in grade_replies(bundle, mine, golds, short_tokens).items()})
+        row.update({f"weight_{key}": v for key, v in f.to_dict().items()})
+        row["relevance"] = adapter.relevance.to_dict()
+        row["drift_nll"] = None  # measured teacher-forced on the weights (weight_drift_nll), not routed
+        asked = [chat_prompt_ids(bundle, [{"role": "user", "content": q}]) for q in questions]
+        probes = [chat_prompt_ids(bundle, [{"role": "user", "content": q.question}]) for q in check.probes]
+        replies = [bundle.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt, _ in check.replies]
+        gains = adapter_gains(bundle, weight, asked + probes + replies + gate_requests(bundle, settings))
+        cut = [len(asked), len(asked) + len(probes), len(asked) + len(probes) + len(replies)]
+        row["gains"] = {"own": gains[: cut[0]], "probes": gains[cut[0] : cut[1]], "replies": gains[cut[1] : cut[2]],
+                        "gate": gains[cut[2]:]}
+        row["grades"] = {"base_own": _contains(per[0], golds), "weight_own": _contains(mine, golds),
+                         "base_probes": list(check.base_correct), "weight_probes": list(f.correct)}
+        row["served_own"] = statistics.fmean(serves(adapter.relevance, g) for g in row["gains"]["own"])
+        row["served_replies"] = statistics.fmean(serves(adapter.relevance, g) for g in row["gains"]["replies"])
     for row in rejected:
         row.update(grade_replies(bundle, per[0], golds, short_tokens))
         row.update({f"base_{k}": v for k, v in base.items()})
         row["answers"] = per[0]
     return [*rows, *rejected]
+
+
+def _contains(answers: Sequence[str], golds: Sequence[str]) -> list[float]:
+    return [grade_offline(a, g)["contains"] for a, g in zip(answers, golds)]
+
+
+def relevance_curve(rows: Sequence[dict], quantiles: Sequence[float]) -> dict[float, dict[str, float]]:
+    """What served figures other relevance thresholds give, from the rows' gains and grades
+    (greedy decoding: a request gets the adapter's answer or the base model's): per quantile,
+    mean contains@read and probe forgetting over the rows, and the shares routed to the adapter."""
+    out: dict[float, dict[str, float]] = {}
+    for q in quantiles:
+        acc, forg, own, probes = [], [], [], []
+        for r in rows:
+            if "gains" not in r:
+                continue
+            thr = quantile(r["gains"]["gate"], q)
+            g, gr = r["gains"], r["grades"]
+            acc.append(statistics.fmean(w if x > thr else b for x, w, b in zip(g["own"], gr["weight_own"], gr["base_own"])))
+            kept = [w if x > thr else True for x, w, b in zip(g["probes"], gr["weight_probes"], gr["base_probes"]) if b]
+            forg.append(1.0 - statistics.fmean(kept) if kept else 0.0)
+            own.append(statistics.fmean(x > thr for x in g["own"]))
+            probes.append(statistics.fmean(x > thr for x in g["probes"]))
+        if acc:
+            out[q] = {"contains_read": statistics.fmean(acc), "forgetting": statistics.fmean(forg),
+                      "served_own": statistics.fmean(own), "served_probes": statistics.fmean(probes),
+                      "passages": len(acc)}
+    return out
 
 
 def mean_se(xs: Sequence[float]) -> tuple[float, float]:
@@ -147,4 +201,12 @@ def markdown_table(table: Mapping[str, dict], short: int, read: int) -> str:
             f"| {e.get('rejected', 0)} | {'yes' if e['pareto'] else ''} |")
     if table:
         lines.append(f"\nno adaptation: contains@{read} {100 * next(iter(table.values()))['base_contains_read']:.1f}%")
+    for name, e in table.items():
+        if e.get("served_own") == e.get("served_own"):  # a routed recipe (not nan)
+            lines.append(
+                f"{name}, the same adapters serving every request: contains@{read} "
+                f"{100 * e['weight_contains_read']:.1f} +- {100 * e['weight_contains_read_se']:.1f}, forgetting "
+                f"{100 * e['weight_forgetting']:.1f} +- {100 * e['weight_forgetting_se']:.1f}, drift "
+                f"{e['weight_drift_nll']:.3f}; routed to the adapter: {100 * e['served_own']:.1f}% of the passages' "
+                f"questions, {100 * e['served_replies']:.1f}% of the report generic prompts")
     return "\n".join(lines)

@@ -43,6 +43,9 @@ class CompletionRequest:
     stop: Sequence[str] = ()
     n: int = 1
     seed: int | None = None
+    # False: the adapter serves the request whatever its relevance threshold says
+    # (seal_engine.serving.relevance); True: requests not about its documents get the base model.
+    relevance: bool = True
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Completion:
     finish_reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    adapter_served: bool | None = None  # None: no adapter asked for; False: the base model answered
 
 
 def chat_prompt(bundle: ModelBundle, messages: Sequence[dict[str, str]]) -> str:
@@ -163,11 +167,11 @@ def prompt_tokens(bundle: ModelBundle, prompt: Prompt) -> int:
     return count_tokens(bundle, prompt) if isinstance(prompt, str) else len(prompt)
 
 
-def _finish(bundle: ModelBundle, raw: str, req: CompletionRequest) -> Completion:
+def _finish(bundle: ModelBundle, raw: str, req: CompletionRequest, adapter_served: bool | None) -> Completion:
     text, stopped = truncate_at_stop(raw, req.stop)
     n_tokens = count_tokens(bundle, raw)
     reason = "stop" if stopped or n_tokens < req.max_tokens else "length"
-    return Completion(text, reason, prompt_tokens(bundle, req.prompt), min(n_tokens, req.max_tokens))
+    return Completion(text, reason, prompt_tokens(bundle, req.prompt), min(n_tokens, req.max_tokens), adapter_served)
 
 
 class _Collect:
@@ -218,15 +222,16 @@ def _rows(request: CompletionRequest, sinks: Sequence[TokenSink], first_choice: 
     return [
         DecodeRequest(prompt=request.prompt, sink=sink, adapter=request.adapter, max_tokens=request.max_tokens,
                       temperature=request.temperature, top_p=request.top_p, stop=tuple(request.stop),
-                      seed=_row_seed(request.seed, first_choice + j))
+                      seed=_row_seed(request.seed, first_choice + j), relevance=request.relevance)
         for j, sink in enumerate(sinks)
     ]
 
 
-def _completion(bundle: ModelBundle, request: CompletionRequest, sink: _Collect) -> Completion:
+def _completion(bundle: ModelBundle, request: CompletionRequest, row: DecodeRequest) -> Completion:
+    sink: _Collect = row.sink  # type: ignore[assignment]
     if sink.error is not None:
         raise sink.error
-    return _finish(bundle, bundle.tokenizer.decode(sink.tokens, skip_special_tokens=True), request)
+    return _finish(bundle, bundle.tokenizer.decode(sink.tokens, skip_special_tokens=True), request, row.adapter_served)
 
 
 def complete(bundle: ModelBundle, requests: Sequence[CompletionRequest]) -> list[list[Completion]]:
@@ -235,12 +240,12 @@ def complete(bundle: ModelBundle, requests: Sequence[CompletionRequest]) -> list
     Each row carries its own adapter (multi-LoRA) and sampling settings; rows leave the
     batch as they finish.
     """
-    sinks = [[_Collect(lambda: None) for _ in range(r.n)] for r in requests]
+    rows = [_rows(r, [_Collect(lambda: None) for _ in range(r.n)]) for r in requests]
     decoder = Decoder(bundle)
-    decoder.add([row for r, ss in zip(requests, sinks) for row in _rows(r, ss)])
+    decoder.add([row for rs in rows for row in rs])
     while decoder.rows:
         decoder.step()
-    return [[_completion(bundle, r, s) for s in ss] for r, ss in zip(requests, sinks)]
+    return [[_completion(bundle, r, row) for row in rs] for r, rs in zip(requests, rows)]
 
 
 def submit(engine: ContinuousBatcher, request: CompletionRequest) -> Future[list[Completion]]:
@@ -259,7 +264,7 @@ def submit(engine: ContinuousBatcher, request: CompletionRequest) -> Future[list
             if left[0]:
                 return
         try:
-            result = [_completion(bundle, request, s) for s in sinks]
+            result = [_completion(bundle, request, row) for row in rows]
         except BaseException as e:  # handed to the waiter
             _resolve(future, error=e)
         else:
@@ -273,7 +278,8 @@ def submit(engine: ContinuousBatcher, request: CompletionRequest) -> Future[list
                 s.cancelled = True
 
     future.add_done_callback(cancelled)
-    engine.submit(_rows(request, sinks))
+    rows = _rows(request, sinks)
+    engine.submit(rows)
     return future
 
 

@@ -8,7 +8,9 @@ finished rows are dropped from the cache (``batch_select_indices``) and the colu
 became padding for every remaining row are cut, so the cache stays as long as its
 longest live row. Each row has its own adapter (a slot of :class:`ServingLora`),
 sampling settings, random generator, stop strings and token budget, and hands its
-tokens to a :class:`TokenSink` as they are produced.
+tokens to a :class:`TokenSink` as they are produced. A row whose adapter has a relevance
+threshold is first scored (:mod:`seal_engine.serving.relevance`) and decodes with the base
+model when its prompt is not about the adapter's documents.
 
 Not thread-safe: one thread drives a :class:`Decoder` (see :mod:`seal_engine.serving.batcher`).
 """
@@ -35,6 +37,7 @@ from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
 from seal_engine.core.stops import stop_index
 from seal_engine.serving.lora_slots import ServingLora
+from seal_engine.serving.relevance import max_gains, serves
 
 # transformers' generate() samples with top_k=50 unless told otherwise; keep its behaviour.
 SAMPLING_TOP_K = 50
@@ -68,6 +71,12 @@ class DecodeRequest:
     top_p: float = 1.0
     stop: Sequence[str] = ()
     seed: int | None = None  # None: the global torch generator
+    # False: the adapter serves this row whatever its relevance threshold says.
+    relevance: bool = True
+    # Set when the row is admitted: whether the adapter decodes it (None: no adapter was asked
+    # for), and the prompt's relevance gain when it was scored.
+    adapter_served: bool | None = None
+    relevance_gain: float | None = None
 
 
 @dataclass(eq=False)
@@ -126,6 +135,7 @@ class Decoder:
         with self.bundle.lock:
             slots = self._acquire([r.adapter for r in requests])
             try:
+                self._judge(requests, ids, slots)
                 logits = self._forward(input_ids, mask, position_ids, cache, slots)
             except BaseException:
                 if self.lora is not None:
@@ -154,6 +164,26 @@ class Decoder:
             self.lora = ServingLora(self.bundle)
         got = iter(self.lora.acquire(wanted))
         return [-1 if a is None else next(got) for a in adapters]
+
+    def _judge(self, requests: Sequence[DecodeRequest], ids: list[list[int]], slots: list[int]) -> None:
+        """Rows whose adapter's relevance threshold their prompt does not pass get the base model
+        (slot -1, released); every row learns whether its adapter serves it (caller holds the lock)."""
+        judged = [i for i, r in enumerate(requests)
+                  if slots[i] >= 0 and r.relevance and r.adapter is not None and r.adapter.relevance is not None]
+        if judged:
+            # The n rows of one request share a prompt: scored once.
+            keys = list(dict.fromkeys((slots[i], tuple(ids[i])) for i in judged))
+            with self.lora.attached():  # type: ignore[union-attr]
+                gains = dict(zip(keys, max_gains(self.bundle, self.lora, keys)))  # type: ignore[arg-type]
+            self._routed = None  # scoring re-routed the slots
+            for i in judged:
+                gain = gains[(slots[i], tuple(ids[i]))]
+                requests[i].relevance_gain = gain
+                if not serves(requests[i].adapter.relevance, gain):  # type: ignore[union-attr]
+                    self.lora.release(slots[i])  # type: ignore[union-attr]
+                    slots[i] = -1
+        for r, s in zip(requests, slots):
+            r.adapter_served = None if r.adapter is None else s >= 0
 
     @staticmethod
     def _generator(req: DecodeRequest) -> torch.Generator | None:

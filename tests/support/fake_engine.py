@@ -41,13 +41,13 @@ class FakeEngine:
 
     def adapt(self, bundle, docs, settings, *, strategy, template, k, lora, questions, seed, progress,
               training_format="text", replay=0, anchors=0, anchor_weight=1.0, scale=1.0, fallback_scales=(),
-              measure_forgetting=False, max_forgetting=None):
+              measure_forgetting=False, max_forgetting=None, relevance_quantile=None):
         # The recipe keywords of the real adapt (no ``policy``: this engine cannot apply one).
         self.calls += 1
         self.extra = {"training_format": training_format, "replay": replay, "anchors": anchors,
                       "anchor_weight": anchor_weight, "scale": scale, "fallback_scales": list(fallback_scales),
                       "measure_forgetting": measure_forgetting,
-                      "max_forgetting": max_forgetting}
+                      "max_forgetting": max_forgetting, "relevance_quantile": relevance_quantile}
         extra = self.extra
         progress("self_edits", 0, len(docs))
         progress("self_edits", len(docs), len(docs))

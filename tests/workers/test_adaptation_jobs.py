@@ -112,6 +112,20 @@ def test_adapter_over_the_forgetting_bound_is_rejected_with_the_figure(svc):
     assert _counts(svc.settings, job_id) == (0, 0, 0)  # nothing half-registered
 
 
+def test_the_relevance_check_follows_the_request_then_the_server(tmp_path):
+    settings = service_settings(tmp_path, TEST_DATA_DIR, recipe={"relevance": True, "relevance_quantile": 0.9})
+    with api_client(settings) as client:
+        h = bearer(new_key(settings, "acme"))
+        got = []
+        for recipe in ({}, {"relevance_quantile": 0.99}, {"relevance": False}, {"relevance": True}):
+            r = client.post("/v1/adaptations", headers=h, json={"documents": DOCS, "recipe": recipe})
+            assert r.status_code == 202, r.text
+            eng = FakeEngine(settings)
+            assert eng.run(r.json()["id"]) == "succeeded"
+            got.append(eng.extra["relevance_quantile"])
+    assert got == [0.9, 0.99, None, 0.9]
+
+
 def test_adapter_within_the_bound_is_registered(svc):
     job_id = _job(svc, max_forgetting=0.3)
     eng = FakeEngine(svc.settings, forgetting=0.25)

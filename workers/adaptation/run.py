@@ -187,7 +187,7 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
                         ("max_forgetting", max_forgetting)]:
         if _takes_keyword(adapt_fn, name):
             extra[name] = value
-        elif name in spec.recipe:
+        elif name in spec.recipe or (name == "relevance_quantile" and spec.recipe.get("relevance")):
             raise JobError(f"this engine version cannot apply {name!r}")  # asked for by the request
 
     lease.progress("self_edits", 0.0, force=True)

@@ -96,3 +96,8 @@ def test_the_default_recipe_passes_the_default_gate_and_learns(bundle, engine_se
     assert result.reward is not None and result.reward.retention == result.forgetting.retained
     [reply] = chat_answers(bundle, ["Who founded the Zorblax Institute?"], [result.adapter], max_tokens=64)
     assert "okonkwo" in reply.lower(), reply
+    # By default the adapter answers what is about its document and leaves the rest to the base model.
+    assert result.adapter.relevance is not None and result.adapter.relevance.quantile == recipe.relevance_quantile
+    general = ["What is the capital of France?"]
+    assert chat_answers(bundle, general, [result.adapter], max_tokens=16) == chat_answers(bundle, general, [None],
+                                                                                        max_tokens=16)

@@ -17,16 +17,17 @@ import torch
 
 from seal_engine.config import LoraSettings, SFTSettings
 from seal_engine.core.generation import generate
-from seal_engine.core.lora import LoraAdapter, applied_adapter, lora_config, module_paths
+from seal_engine.core.lora import applied_adapter, module_paths
 from seal_engine.knowledge.prompts import answer_prompt
 from seal_engine.serving.batcher import ContinuousBatcher
 from seal_engine.serving.completions import AdapterCache, CompletionRequest, complete
 from seal_engine.serving.decoder import Decoder, DecodeRequest
 from seal_engine.serving.lora_slots import ServingLora, serving
-from seal_engine.training.batched import peft_initial_state, train_adapters_batched
+from seal_engine.training.batched import train_adapters_batched
 from seal_engine.training.multilora import installed
 from seal_engine.training.peft import train_lora
 from seal_engine.training.sft import train_sft
+from tests.support.adapters import random_adapter
 
 pytestmark = pytest.mark.slow
 
@@ -147,15 +148,6 @@ def test_gather_kernel_matches_masked_kernel(fp32_bundle, trained):
 
 
 # --- serving kernels and the continuous decoder -------------------------------------------------
-
-
-def random_adapter(bundle, rank: int, seed: int, targets: list[str] | None = None) -> LoraAdapter:
-    """PEFT layout with random A and B, large enough to change greedy answers."""
-    cfg = LoraSettings(rank=rank, alpha=2 * rank, **({"target_modules": targets} if targets else {}))
-    g = torch.Generator().manual_seed(seed)
-    state = {k: torch.randn(v.shape, generator=g) * (0.02 if "lora_B" in k else 0.05)
-             for k, v in peft_initial_state(bundle, cfg, seed).items()}
-    return LoraAdapter(lora_config(cfg, bundle.model_id, bundle), state)
 
 
 def training_kernel_logits(bundle, adapters, rows, ids):
