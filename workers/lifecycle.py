@@ -188,7 +188,7 @@ def preload_model(settings: Settings) -> None:
         log.info("model %s loaded on %s", bundle.model_id, bundle.device)
         check = gate_check(bundle, settings)
         log.info("retention gate ready: %d probes, %d prompts", sum(check.base_correct), len(check.replies))
-        if settings.recipe.relevance_quantile is not None:
+        if settings.recipe.relevance:
             base_nlls(bundle, gate_requests(bundle, settings))
     except Exception:
         log.exception("could not load the model; jobs will fail with the reason")

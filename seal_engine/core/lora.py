@@ -95,8 +95,10 @@ def load_adapter(directory: str | Path) -> LoraAdapter:
     relevance = None
     if (directory / ADAPTER_RELEVANCE).exists():
         try:
-            relevance = Relevance(**json.loads((directory / ADAPTER_RELEVANCE).read_text()))
-        except (ValueError, TypeError) as e:
+            d = json.loads((directory / ADAPTER_RELEVANCE).read_text())
+            # Numbers, whatever the file holds: the decoder compares them on every request.
+            relevance = Relevance(threshold=float(d["threshold"]), quantile=float(d["quantile"]), texts=int(d["texts"]))
+        except (ValueError, TypeError, KeyError) as e:
             raise AdapterError(f"unreadable {ADAPTER_RELEVANCE} in {directory}: {e}") from None
     return LoraAdapter(config=config, state=load_file(str(directory / ADAPTER_WEIGHTS)), relevance=relevance)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from seal_engine.config import EngineSettings
 from seal_engine.core.grading import grade_offline
+from seal_engine.core.lora import Relevance
 from seal_engine.core.model import ModelBundle
 from seal_engine.knowledge.adapt import adapt
 from seal_engine.knowledge.documents import Document
@@ -138,13 +139,16 @@ def relevance_curve(rows: Sequence[dict], quantiles: Sequence[float]) -> dict[fl
         for r in rows:
             if "gains" not in r:
                 continue
-            thr = quantile(r["gains"]["gate"], q)
             g, gr = r["gains"], r["grades"]
-            acc.append(statistics.fmean(w if x > thr else b for x, w, b in zip(g["own"], gr["weight_own"], gr["base_own"])))
-            kept = [w if x > thr else True for x, w, b in zip(g["probes"], gr["weight_probes"], gr["base_probes"]) if b]
+            # The serving rule itself (threshold and margin), at this quantile's threshold.
+            rule = Relevance(threshold=quantile(g["gate"], q), quantile=q, texts=len(g["gate"]))
+            acc.append(statistics.fmean(w if serves(rule, x) else b
+                                        for x, w, b in zip(g["own"], gr["weight_own"], gr["base_own"])))
+            kept = [w if serves(rule, x) else True
+                    for x, w, b in zip(g["probes"], gr["weight_probes"], gr["base_probes"]) if b]
             forg.append(1.0 - statistics.fmean(kept) if kept else 0.0)
-            own.append(statistics.fmean(x > thr for x in g["own"]))
-            probes.append(statistics.fmean(x > thr for x in g["probes"]))
+            own.append(statistics.fmean(serves(rule, x) for x in g["own"]))
+            probes.append(statistics.fmean(serves(rule, x) for x in g["probes"]))
         if acc:
             out[q] = {"contains_read": statistics.fmean(acc), "forgetting": statistics.fmean(forg),
                       "served_own": statistics.fmean(own), "served_probes": statistics.fmean(probes),

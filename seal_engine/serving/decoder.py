@@ -73,10 +73,8 @@ class DecodeRequest:
     seed: int | None = None  # None: the global torch generator
     # False: the adapter serves this row whatever its relevance threshold says.
     relevance: bool = True
-    # Set when the row is admitted: whether the adapter decodes it (None: no adapter was asked
-    # for), and the prompt's relevance gain when it was scored.
+    # Set when the row is admitted: whether the adapter decodes it (None: no adapter was asked for).
     adapter_served: bool | None = None
-    relevance_gain: float | None = None
 
 
 @dataclass(eq=False)
@@ -177,9 +175,7 @@ class Decoder:
                 gains = dict(zip(keys, max_gains(self.bundle, self.lora, keys)))  # type: ignore[arg-type]
             self._routed = None  # scoring re-routed the slots
             for i in judged:
-                gain = gains[(slots[i], tuple(ids[i]))]
-                requests[i].relevance_gain = gain
-                if not serves(requests[i].adapter.relevance, gain):  # type: ignore[union-attr]
+                if not serves(requests[i].adapter.relevance, gains[(slots[i], tuple(ids[i]))]):  # type: ignore[union-attr]
                     self.lora.release(slots[i])  # type: ignore[union-attr]
                     slots[i] = -1
         for r, s in zip(requests, slots):

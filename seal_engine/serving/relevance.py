@@ -52,8 +52,7 @@ def template_prefix(bundle: ModelBundle) -> tuple[int, ...]:
             a, b = ([*tok(tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False,
                                                    add_generation_prompt=True), add_special_tokens=False)["input_ids"]]
                     for c in ("alpha", "omega"))
-            n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            prefix = tuple(a[:n])
+            prefix = tuple(a[: _common_prefix([a, b])])
         _template_prefixes[key] = prefix
     return _template_prefixes[key]
 
@@ -91,14 +90,19 @@ def max_gains(bundle: ModelBundle, lora: ServingLora, prompts: Sequence[tuple[in
     return [_gain(prefix, ids, m, b) for (_, ids), m, b in zip(prompts, mine, base)]
 
 
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares."""
+    if not seqs:
+        return 0
+    first, n = seqs[0], min(len(x) for x in seqs)
+    for x in seqs[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], x)) if a != b), n)
+    return n
+
+
 def _prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Tokens every prompt starts with (a chat template's system part), leaving each at least one."""
-    if not prompts:
-        return 0
-    first, n = prompts[0], min(len(p) for p in prompts) - 1
-    for p in prompts[1:]:
-        n = min(n, next((i for i, (a, b) in enumerate(zip(first, p)) if a != b), n))
-    return max(n, 0)
+    return max(0, min(_common_prefix(prompts), min((len(p) for p in prompts), default=1) - 1))
 
 
 @torch.inference_mode()

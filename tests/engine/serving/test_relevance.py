@@ -120,9 +120,10 @@ def test_relevance_is_saved_with_the_adapter(bundle, tmp_path) -> None:
     assert loaded.relevance == adapter.relevance
     assert adapter.scaled(0.5).relevance is None  # the threshold belongs to the unscaled update
     assert load_adapter(dataclasses.replace(adapter, relevance=None).save(tmp_path / "b")).relevance is None
-    (tmp_path / "a" / ADAPTER_RELEVANCE).write_text(json.dumps({"threshold": 1.0}))
-    with pytest.raises(AdapterError, match=ADAPTER_RELEVANCE):
-        load_adapter(tmp_path / "a")
+    for bad in ({"threshold": 1.0}, {"threshold": "high", "quantile": 0.9, "texts": 3}, [1.0]):
+        (tmp_path / "a" / ADAPTER_RELEVANCE).write_text(json.dumps(bad))
+        with pytest.raises(AdapterError, match=ADAPTER_RELEVANCE):
+            load_adapter(tmp_path / "a")
 
 
 def test_a_trained_adapter_answers_its_document_and_leaves_general_questions(bundle, engine_settings) -> None:
