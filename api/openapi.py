@@ -6,6 +6,7 @@
   ``Retry-After`` on 429 and 503.
 - **The server's limits** (``SEAL_MAX_*``, the base model id, the strategy names) written into
   the request schemas, so a request valid per ``/openapi.json`` is one this server accepts.
+- **Optional query parameters without a null branch** (a query string cannot carry one).
 - **Swagger UI at /docs and ReDoc at /redoc from this process** (the assets of the
   ``fastapi-offline`` package), so the pages work on a machine without internet access.
 """
@@ -258,6 +259,25 @@ def install_docs(app: FastAPI) -> None:
                               redoc_favicon_url=f"{base}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
+def drop_null_from_query(schema: dict[str, Any]) -> None:
+    """An optional query parameter documented as ``anyOf: [X, null]`` becomes ``X``.
+
+    A query string cannot carry a null: leaving the parameter out is how a client says "none".
+    The null branch FastAPI writes for ``str | None = None`` made clients and fuzzers send the text
+    ``null`` or an empty object (which serializes to nothing: a valid request read as invalid data).
+    """
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for param in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                inner = param.get("schema", {})
+                branches = inner.get("anyOf")
+                if param.get("in") != "query" or param.get("required") or not branches:
+                    continue
+                kept = [b for b in branches if b.get("type") != "null"]
+                if len(kept) == 1 and len(kept) < len(branches):
+                    param["schema"] = {**{k: v for k, v in inner.items() if k != "anyOf"}, **kept[0]}
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """The docs pages, and ``app.openapi`` post-processed once (call after every router is included)."""
     install_docs(app)
@@ -269,6 +289,7 @@ def install(app: FastAPI, settings: Settings) -> None:
             schema = build()
             add_error_responses(app, schema)
             add_server_limits(schema, settings)
+            drop_null_from_query(schema)
             app.openapi_schema = schema
             done.append(schema)
         return done[0]
