@@ -40,7 +40,8 @@ from seal_engine.core.model import get_model  # noqa: E402
 from seal_engine.knowledge.benchmark import select_passages  # noqa: E402
 from seal_engine.knowledge.documents import load_documents  # noqa: E402
 from seal_engine.knowledge.forgetting import forgetting_check  # noqa: E402
-from seal_engine.knowledge.quality import evaluate_passage, markdown_table, relevance_curve, summarize  # noqa: E402
+from seal_engine.knowledge.quality import (  # noqa: E402
+    evaluate_passage, markdown_table, paired_difference, relevance_curve, summarize)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "squad" / "dev.json"
@@ -139,6 +140,7 @@ def main() -> None:
         print_curves({name: c for name in recipes
                       if (c := relevance_curve([r for r in rows if r["recipe"] == name], CURVE_QUANTILES))},
                      args.read_tokens)
+        print_paired(rows, recipes, args)
         return
     settings = EngineSettings()
     bundle = get_model(settings)
@@ -179,6 +181,21 @@ def main() -> None:
                                                        "relevance_curves": curves}, indent=1))
     print(markdown_table(table, args.short_tokens, args.read_tokens))
     print_curves(curves, args.read_tokens)
+    print_paired(rows, recipes, args)
+
+
+def print_paired(rows: list[dict], recipes: list[str], args: argparse.Namespace) -> None:
+    """Each further recipe against the first, on the passages both measured (95% bootstrap intervals)."""
+    figures = {"contains_read": f"contains@{args.read_tokens}", "contains_short": f"contains@{args.short_tokens}",
+               "forgetting": "forgetting", "seconds": "seconds"}
+    for other in recipes[1:]:
+        parts = []
+        for key, label in figures.items():
+            d = paired_difference(rows, other, recipes[0], key)
+            scale = 1 if key == "seconds" else 100
+            parts.append(f"{label} {scale * d['mean']:+.1f} [{scale * d['low']:+.1f}, {scale * d['high']:+.1f}]")
+        n = paired_difference(rows, other, recipes[0], "seconds")["passages"]
+        print(f"\n{other} - {recipes[0]} (paired over {n} passages): " + ", ".join(parts))
 
 
 # Relevance thresholds whose served figures routed recipes report (from the rows' gains and grades).

@@ -123,24 +123,36 @@ def answer_nlls(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapters:
                 *, batch_size: int = 16, max_len: int = 512) -> list[float]:
     """:func:`answer_nll` for each adapter, every adapter's rows sharing the forward passes
     (the serving kernels: each row its own adapter, None the base model)."""
+    out = []
+    for per_pair in pair_nlls(bundle, pairs, adapters, batch_size=batch_size, max_len=max_len):
+        tokens = sum(n for _, n in per_pair)
+        out.append(sum(total for total, _ in per_pair) / tokens if tokens else 0.0)
+    return out
+
+
+def pair_nlls(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapters: Sequence[LoraAdapter | None],
+              *, batch_size: int = 16, max_len: int = 512) -> list[list[tuple[float, int]]]:
+    """Per adapter, per pair: (summed NLL of the completion's tokens, how many), (0.0, 0) for a pair
+    with no completion token left after truncation (pairs keep their positions)."""
     from seal_engine.serving.lora_slots import serving
     from seal_engine.serving.scoring import token_nlls
     from seal_engine.training.sft import build_example
 
-    examples = [ex for pair in pairs if (ex := build_example(bundle, pair[0], pair[1], max_len))]
+    built = [build_example(bundle, pair[0], pair[1], max_len) for pair in pairs]
+    kept = [i for i, ex in enumerate(built) if ex]
     unique: list[LoraAdapter] = []
     for a in adapters:
         if a is not None and all(a is not u for u in unique):
             unique.append(a)
     slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
     with serving(bundle, unique) as lora:
-        nlls = token_nlls(bundle, lora, [(slot_of[j], ids, labels) for j in range(len(adapters))
-                                         for ids, labels in examples], batch_size=batch_size)
+        nlls = token_nlls(bundle, lora, [(slot_of[j], *built[i]) for j in range(len(adapters))  # type: ignore[misc]
+                                         for i in kept], batch_size=batch_size)
     out = []
     for j in range(len(adapters)):
-        mine = nlls[j * len(examples) : (j + 1) * len(examples)]
-        tokens = sum(len(n) for n in mine)
-        out.append(float(sum(n.sum() for n in mine)) / tokens if tokens else 0.0)
+        mine = iter(nlls[j * len(kept) : (j + 1) * len(kept)])
+        at = {i: next(mine) for i in kept}
+        out.append([(float(at[i].sum()), len(at[i])) if i in at else (0.0, 0) for i in range(len(pairs))])
     return out
 
 

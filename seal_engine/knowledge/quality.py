@@ -20,6 +20,7 @@ Every recipe's adapters for a passage are evaluated together in shared decode ba
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,8 @@ from seal_engine.core.lora import Relevance
 from seal_engine.core.model import ModelBundle
 from seal_engine.knowledge.adapt import adapt
 from seal_engine.knowledge.documents import Document
-from seal_engine.knowledge.forgetting import ForgettingCheck, ForgettingExceeded, gate_requests, measure_forgetting
+from seal_engine.knowledge.forgetting import (ForgettingCheck, ForgettingExceeded, gate_requests, measure_forgetting,
+                                              pair_nlls)
 from seal_engine.knowledge.qa import chat_answers
 from seal_engine.serving.completions import chat_prompt_ids
 from seal_engine.serving.relevance import adapter_gains, quantile, serves
@@ -67,7 +69,8 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
     A recipe with a ``relevance_quantile`` is graded as served (each request routed to the
     adapter or the base model, :mod:`seal_engine.serving.relevance`); the same adapter serving
     every request is graded beside it (``weight_*`` figures), and the row keeps each question's
-    and probe's relevance gain and grades, from which any other threshold's figures follow."""
+    and probe's relevance gain and grades, from which any other threshold's figures follow; its
+    drift is the served one (:func:`served_drift`)."""
     adapters, rows, rejected = [], [], []
     for name, recipe in recipes.items():
         spec = dict(recipe)
@@ -101,12 +104,14 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
         row.update({f"base_{k}": v for k, v in base.items()})
         row.update(f.to_dict())
         row["answers"] = mine
+    # Each routed adapter's per-reply NLLs beside the base model's, for the served drift.
+    sides = pair_nlls(bundle, check.replies, [None, *weights.values()]) if weights and check.replies else []
+    served_nlls = {k: (sides[0], sides[1 + j]) for j, k in enumerate(weights)}
     for (k, weight), mine, f in zip(weights.items(), per[1 + len(adapters):], forgot[len(adapters):]):
         row, adapter = rows[k], adapters[k]
         row.update({f"weight_{key}": v for key, v in grade_replies(bundle, mine, golds, short_tokens).items()})
         row.update({f"weight_{key}": v for key, v in f.to_dict().items()})
         row["relevance"] = adapter.relevance.to_dict()
-        row["drift_nll"] = None  # measured teacher-forced on the weights (weight_drift_nll), not routed
         asked = [chat_prompt_ids(bundle, [{"role": "user", "content": q}]) for q in questions]
         probes = [chat_prompt_ids(bundle, [{"role": "user", "content": q.question}]) for q in check.probes]
         replies = [bundle.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt, _ in check.replies]
@@ -118,11 +123,22 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
                          "base_probes": list(check.base_correct), "weight_probes": list(f.correct)}
         row["served_own"] = statistics.fmean(serves(adapter.relevance, g) for g in row["gains"]["own"])
         row["served_replies"] = statistics.fmean(serves(adapter.relevance, g) for g in row["gains"]["replies"])
+        # Served drift: a routed reply counts its drift under the adapter, the others none (the base model's).
+        row["drift_nll"] = served_drift(*served_nlls[k], [serves(adapter.relevance, g) for g in row["gains"]["replies"]]
+                                        ) if k in served_nlls else None
     for row in rejected:
         row.update(grade_replies(bundle, per[0], golds, short_tokens))
         row.update({f"base_{k}": v for k, v in base.items()})
         row["answers"] = per[0]
     return [*rows, *rejected]
+
+
+def served_drift(base: Sequence[tuple[float, int]], adapter: Sequence[tuple[float, int]],
+                 routed: Sequence[bool]) -> float:
+    """Nats per token the served model adds to the base model's own replies: a reply routed to the
+    adapter counts its NLL change under the adapter, the others none (the base model answers them)."""
+    tokens = sum(n for _, n in base)
+    return sum(a - b for (b, _), (a, _), on in zip(base, adapter, routed) if on) / tokens if tokens else 0.0
 
 
 def _contains(answers: Sequence[str], golds: Sequence[str]) -> list[float]:
@@ -154,6 +170,22 @@ def relevance_curve(rows: Sequence[dict], quantiles: Sequence[float]) -> dict[fl
                       "served_own": statistics.fmean(own), "served_probes": statistics.fmean(probes),
                       "passages": len(acc)}
     return out
+
+
+def paired_difference(rows: Sequence[dict], a: str, b: str, key: str, *, resamples: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Mean of ``key`` under recipe ``a`` minus under ``b`` over the passages both measured, with a
+    95% bootstrap interval (passages resampled): the same passages remove most of the variance
+    between documents that separate means carry."""
+    by = {name: {(r["title"], r.get("passage")): r[key] for r in rows if r["recipe"] == name and r.get(key) is not None}
+          for name in (a, b)}
+    diffs = [by[a][p] - by[b][p] for p in by[a].keys() & by[b].keys()]
+    if not diffs:
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "passages": 0}
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return {"mean": statistics.fmean(diffs), "low": means[int(0.025 * resamples)],
+            "high": means[int(0.975 * resamples) - 1], "passages": len(diffs)}
 
 
 def mean_se(xs: Sequence[float]) -> tuple[float, float]:
@@ -192,6 +224,12 @@ def summarize(rows: Sequence[dict], recipes: Sequence[str]) -> dict[str, dict]:
     return table
 
 
+def _drift(e: Mapping[str, Any]) -> str:
+    if e["drift_nll"] != e["drift_nll"]:  # nan: no row of the recipe measured it
+        return "n/a"
+    return f"{e['drift_nll']:.3f} +- {e['drift_nll_se']:.3f}"
+
+
 def markdown_table(table: Mapping[str, dict], short: int, read: int) -> str:
     lines = [f"| recipe | n | contains@{read} | F1@{read} | contains@{short} | forgetting (report probes) "
              "| drift (nats/tok) | s/doc (median) | rejected | Pareto |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -201,7 +239,7 @@ def markdown_table(table: Mapping[str, dict], short: int, read: int) -> str:
             f"| {100 * e['f1_read']:.1f} +- {100 * e['f1_read_se']:.1f} "
             f"| {100 * e['contains_short']:.1f} +- {100 * e['contains_short_se']:.1f} "
             f"| {100 * e['forgetting']:.1f} +- {100 * e['forgetting_se']:.1f} "
-            f"| {e['drift_nll']:.3f} +- {e['drift_nll_se']:.3f} | {e['seconds_median']:.1f} "
+            f"| {_drift(e)} | {e['seconds_median']:.1f} "
             f"| {e.get('rejected', 0)} | {'yes' if e['pareto'] else ''} |")
     if table:
         lines.append(f"\nno adaptation: contains@{read} {100 * next(iter(table.values()))['base_contains_read']:.1f}%")

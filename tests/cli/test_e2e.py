@@ -59,9 +59,10 @@ def test_eval_chat_path_one_passage(tmp_path, squad_dev):
     [row] = res["passages"]
     assert row["recipe"] == "passage" and row["train_steps"] == 2 and len(row["answers"]) > 0
     assert 0.0 <= row["contains_read"] <= 1.0 and 0.0 <= row["forgetting"] <= 1.0
-    # The default recipe's adapters answer only relevant requests: the figures are the served model's, the
-    # drift (teacher-forced on the weights) is the weights' own, and both accuracies are kept.
-    assert row["relevance"]["quantile"] == 0.95 and row["weight_drift_nll"] is not None and row["drift_nll"] is None
+    # The default recipe's adapters answer only relevant requests: the figures are the served model's (the
+    # drift counts only the generic replies routed to the adapter), the weights' own beside them.
+    assert row["relevance"]["quantile"] == 0.95 and row["weight_drift_nll"] is not None
+    assert row["drift_nll"] is not None and (row["served_replies"] > 0 or row["drift_nll"] == 0.0)
     assert 0.0 <= row["weight_contains_read"] <= 1.0 and 0.0 <= row["served_own"] <= 1.0
     assert res["summary"]["passage"]["passages"] == 1 and res["report_probes"] > 0
 

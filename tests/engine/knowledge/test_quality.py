@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from seal_engine.knowledge.quality import relevance_curve, summarize
+from seal_engine.knowledge.quality import paired_difference, relevance_curve, served_drift, summarize
 
 
 def row(**kw) -> dict:
@@ -38,3 +38,23 @@ def test_curve_serves_each_request_by_its_gain_against_the_gate_quantile() -> No
     top = curve[1.0]  # threshold 9: only the probe at 9.5 reaches the adapter
     assert top["contains_read"] == pytest.approx(1 / 3) and top["served_own"] == 0.0
     assert top["forgetting"] == pytest.approx(0.5) and top["passages"] == 1
+
+
+def test_served_drift_counts_only_the_replies_routed_to_the_adapter() -> None:
+    base = [(2.0, 4), (3.0, 6)]  # (summed NLL, tokens) per reply
+    adapter = [(6.0, 4), (9.0, 6)]
+    # Only the first reply reaches the adapter: its +4 nats over all 10 tokens.
+    assert served_drift(base, adapter, [True, False]) == pytest.approx(0.4)
+    assert served_drift(base, adapter, [True, True]) == pytest.approx(1.0)
+    assert served_drift(base, adapter, [False, False]) == 0.0
+    assert served_drift([], [], []) == 0.0
+
+
+def test_paired_difference_uses_the_passages_both_recipes_measured() -> None:
+    rows = [row(recipe="a", title="t1", passage=0, contains_read=0.6), row(recipe="b", title="t1", passage=0, contains_read=0.4),
+            row(recipe="a", title="t2", passage=1, contains_read=0.5), row(recipe="b", title="t2", passage=1, contains_read=0.5),
+            row(recipe="a", title="t3", passage=2, contains_read=1.0)]  # b did not measure t3: left out
+    d = paired_difference(rows, "a", "b", "contains_read")
+    assert d["passages"] == 2 and d["mean"] == pytest.approx(0.1)
+    assert 0.0 - 1e-9 <= d["low"] <= d["mean"] <= d["high"] <= 0.2 + 1e-9
+    assert math.isnan(paired_difference(rows, "a", "c", "contains_read")["mean"])

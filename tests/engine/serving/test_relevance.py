@@ -79,15 +79,17 @@ def test_the_decoder_serves_each_request_with_the_model_its_relevance_picks(bund
     assert [c.text for c in base] != [c.text for c in plain]  # the adapter changes the answers
     assert [c.adapter_served for c in base] == [None] * 3 and [c.adapter_served for c in plain] == [True] * 3
     gains = sorted(adapter_gains(bundle, adapter, prompts))
-    assert gains[1] - gains[0] > 1e-2, gains
-    # A threshold between the gains: the requests above it get the adapter, the others the base model.
-    threshold = (gains[0] + gains[1]) / 2
+    # A threshold in the widest gap between the gains (clear of rounding in any dtype: two of a random
+    # adapter's gains can be close): the requests above it get the adapter, the others the base model.
+    gap, at = max((gains[i + 1] - gains[i], i) for i in range(len(gains) - 1))
+    assert gap > 1e-2, gains
+    threshold = (gains[at] + gains[at + 1]) / 2
     routed = dataclasses.replace(adapter, relevance=Relevance(threshold=threshold, quantile=0.5, texts=3))
     got = answers(routed)
     for g, c, b, p in zip(adapter_gains(bundle, adapter, prompts), got, base, plain):
         assert c.adapter_served == (g > threshold)
         assert c.text == (p.text if c.adapter_served else b.text)
-    assert sum(c.adapter_served for c in got) == 2
+    assert sum(c.adapter_served for c in got) == len(gains) - 1 - at  # some to each model
     # Nothing passes an infinite threshold, unless the request turns the check off.
     closed = dataclasses.replace(adapter, relevance=Relevance(threshold=math.inf, quantile=1.0, texts=3))
     assert [c.text for c in answers(closed)] == [c.text for c in base]
