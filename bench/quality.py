@@ -193,9 +193,9 @@ def print_paired(rows: list[dict], recipes: list[str], args: argparse.Namespace)
         for key, label in figures.items():
             d = paired_difference(rows, other, recipes[0], key)
             scale = 1 if key == "seconds" else 100
-            parts.append(f"{label} {scale * d['mean']:+.1f} [{scale * d['low']:+.1f}, {scale * d['high']:+.1f}]")
-        n = paired_difference(rows, other, recipes[0], "seconds")["passages"]
-        print(f"\n{other} - {recipes[0]} (paired over {n} passages): " + ", ".join(parts))
+            parts.append(f"{label} {scale * d['mean']:+.1f} [{scale * d['low']:+.1f}, {scale * d['high']:+.1f}] "
+                         f"({d['passages']} passages)")
+        print(f"\n{other} - {recipes[0]}, paired: " + ", ".join(parts))
 
 
 # Relevance thresholds whose served figures routed recipes report (from the rows' gains and grades).

@@ -67,6 +67,8 @@ class ForgettingCheck:
     replies: list[tuple[str, str]]  # (rendered user turn, the base model's greedy reply) per generic prompt
     base_nll: float  # per token, of ``replies`` under the base model
     max_tokens: int
+    # Per reply: (summed NLL under the base model, tokens), for drift over a subset of the replies.
+    base_reply_nlls: tuple[tuple[float, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,10 @@ def forgetting_check(bundle: ModelBundle, settings: EngineSettings, split: Split
         correct = [all(grade_offline(a, q.answer)[PROBE_GRADER] == 1.0 for a in pair)
                    for pair, q in zip(zip(answers, alone), qs)]
         replies = [(user_turn(bundle, p), a) for p, a in zip(prompts, answers[len(qs):]) if a.strip()]
-        _checks[key] = ForgettingCheck(split, qs, correct, replies, answer_nll(bundle, replies, None), max_tokens)
+        [per_reply] = pair_nlls(bundle, replies, [None])
+        tokens = sum(n for _, n in per_reply)
+        base_nll = sum(total for total, _ in per_reply) / tokens if tokens else 0.0
+        _checks[key] = ForgettingCheck(split, qs, correct, replies, base_nll, max_tokens, tuple(per_reply))
     return _checks[key]
 
 

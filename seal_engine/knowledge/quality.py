@@ -104,9 +104,8 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
         row.update({f"base_{k}": v for k, v in base.items()})
         row.update(f.to_dict())
         row["answers"] = mine
-    # Each routed adapter's per-reply NLLs beside the base model's, for the served drift.
-    sides = pair_nlls(bundle, check.replies, [None, *weights.values()]) if weights and check.replies else []
-    served_nlls = {k: (sides[0], sides[1 + j]) for j, k in enumerate(weights)}
+    # Each routed adapter's per-reply NLLs (the base model's are the check's), for the served drift.
+    reply_nlls = dict(zip(weights, pair_nlls(bundle, check.replies, list(weights.values())))) if check.replies else {}
     for (k, weight), mine, f in zip(weights.items(), per[1 + len(adapters):], forgot[len(adapters):]):
         row, adapter = rows[k], adapters[k]
         row.update({f"weight_{key}": v for key, v in grade_replies(bundle, mine, golds, short_tokens).items()})
@@ -122,10 +121,9 @@ def evaluate_passage(bundle: ModelBundle, settings: EngineSettings, doc: Documen
         row["grades"] = {"base_own": _contains(per[0], golds), "weight_own": _contains(mine, golds),
                          "base_probes": list(check.base_correct), "weight_probes": list(f.correct)}
         row["served_own"] = statistics.fmean(serves(adapter.relevance, g) for g in row["gains"]["own"])
-        row["served_replies"] = statistics.fmean(serves(adapter.relevance, g) for g in row["gains"]["replies"])
-        # Served drift: a routed reply counts its drift under the adapter, the others none (the base model's).
-        row["drift_nll"] = served_drift(*served_nlls[k], [serves(adapter.relevance, g) for g in row["gains"]["replies"]]
-                                        ) if k in served_nlls else None
+        routed = [serves(adapter.relevance, g) for g in row["gains"]["replies"]]
+        row["served_replies"] = statistics.fmean(routed)
+        row["drift_nll"] = served_drift(check.base_reply_nlls, reply_nlls[k], routed) if k in reply_nlls else None
     for row in rejected:
         row.update(grade_replies(bundle, per[0], golds, short_tokens))
         row.update({f"base_{k}": v for k, v in base.items()})
@@ -179,7 +177,8 @@ def paired_difference(rows: Sequence[dict], a: str, b: str, key: str, *, resampl
     between documents that separate means carry."""
     by = {name: {(r["title"], r.get("passage")): r[key] for r in rows if r["recipe"] == name and r.get(key) is not None}
           for name in (a, b)}
-    diffs = [by[a][p] - by[b][p] for p in by[a].keys() & by[b].keys()]
+    # Sorted: a set's order changes with the hash seed, and the resampling with it.
+    diffs = [by[a][p] - by[b][p] for p in sorted(by[a].keys() & by[b].keys(), key=repr)]
     if not diffs:
         return {"mean": float("nan"), "low": float("nan"), "high": float("nan"), "passages": 0}
     rng = random.Random(seed)
