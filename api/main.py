@@ -17,7 +17,7 @@ from api.backends import InferenceService, RuntimeLoras, make_backend
 from api import limits
 from api.limits import Limits, generation_slot
 from api.middleware import BodySizeLimit
-from api.routes import adaptations, admin, completions, documents, health, lora_adapters, models, tasks
+from api.routes import adaptations, admin, aliases, completions, documents, health, lora_adapters, models, tasks
 from seal_service.db.migrate import upgrade_head
 from seal_service.db.session import configure_pool, session_factory
 from seal_service.settings import Settings, get_settings
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     errors.install(app)
     limits.install(app)
-    for module in (health, adaptations, tasks, documents, models, lora_adapters, admin):
+    for module in (health, adaptations, tasks, documents, models, aliases, lora_adapters, admin):
         app.include_router(module.router)
     # Generation holds an admission slot (and is charged to the tenant's token budget) until its response is sent.
     app.include_router(completions.router, dependencies=[Depends(generation_slot)])

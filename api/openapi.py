@@ -53,7 +53,8 @@ _GENERATION = {"400", "404", "502", "503"}
 _EXTRA: dict[tuple[str, str], set[str]] = {
     ("POST", "/v1/chat/completions"): _GENERATION,
     ("POST", "/v1/completions"): _GENERATION,
-    ("POST", "/v1/adaptations"): {"503"},
+    ("POST", "/v1/adaptations"): {"404", "503"},  # 404: an unknown parent adapter or alias
+    ("DELETE", "/v1/adapters/{adapter_id}"): {"409"},  # an alias points at it
     ("POST", "/v1/tasks"): {"503"},
     ("POST", "/v1/adaptations/{job_id}/cancel"): {"409"},
     ("POST", "/v1/tasks/{job_id}/cancel"): {"409"},

@@ -189,6 +189,9 @@ class RecipeSettings(BaseModel):
     # general requests (the gate half), so about 1 - q of general requests still reach it.
     relevance: bool = True
     relevance_quantile: RelevanceQuantile = 0.95
+    # A new version of an adapter (a job with a parent) trains on its parent's sequences again
+    # beside the new documents' (seal_engine.knowledge.lineage); false: the new documents only.
+    rehearse: bool = True
 
     ADAPT_FIELDS: ClassVar[tuple[str, ...]] = ("training_format", "replay", "anchors", "anchor_weight", "scale",
                                               "fallback_scales")
@@ -222,6 +225,9 @@ class EngineSettings(BaseSettings):
 
     # Question answering (grading) generation.
     answer_max_new_tokens: int = Field(32, ge=1, le=64)
+    # A job's grades of its own and its chain's questions (seal_engine.knowledge.lineage): reply tokens
+    # read on the chat path (a right name after a sentence about the document still counts).
+    lineage_answer_tokens: int = Field(64, ge=1, le=512)
     answer_batch_size: int = Field(128, ge=1)
     # Grader behind rewards and retention: exact_match, f1, contains or judge.
     reward_grader: Literal["exact_match", "f1", "contains", "judge"] = "contains"

@@ -1,6 +1,6 @@
 """OpenAI-compatible /v1/chat/completions and /v1/completions (streaming and not).
 
-``model`` is the base model id, one of the caller's adapter ids (see /v1/models), or, for
+``model`` is the base model id, one of the caller's adapter ids or aliases (see /v1/models), or, for
 admin keys, a name loaded through ``POST /v1/load_lora_adapter``. The routes check the
 request and resolve ``model``; the generation backend (``SEAL_GENERATION_BACKEND``: this
 process, or a vLLM server) generates and answers.
@@ -44,13 +44,13 @@ async def resolve_model(request: Request, who: Principal, model: str) -> ModelTa
         return target
     factory = request.app.state.sessionmaker
 
-    def lookup() -> str:
+    def lookup() -> tuple[str, str]:
         with factory() as db:
-            return models.served_adapter_path(db=db, tenant_id=who.tenant_id, model_id=model,
-                                              base_model=settings.model_id)
+            return models.served_adapter(db=db, tenant_id=who.tenant_id, model_id=model, base_model=settings.model_id)
 
-    path = await asyncio.to_thread(lookup)
-    return ModelTarget(model, adapter=model, path=Path(path))
+    # An alias names whichever version it points at now; the response echoes the name asked for.
+    adapter_id, path = await asyncio.to_thread(lookup)
+    return ModelTarget(model, adapter=adapter_id, path=Path(path))
 
 
 def _limits(settings: Settings, params: _SamplingParams, field: str, asked: int | None, default: int,

@@ -30,12 +30,13 @@ def retrieve_model(model_id: str, db: DbDep, who: PrincipalDep, settings: Settin
 
 @router.get("/v1/adapters", response_model=AdapterList, tags=["adapters"], summary="This tenant's ready adapters")
 def list_adapters(db: DbDep, who: PrincipalDep) -> AdapterList:
-    return AdapterList(data=[models.adapter_out(a) for a in models.list_adapters(db=db, tenant_id=who.tenant_id)])
+    return AdapterList(data=[models.adapter_out(a, db) for a in models.list_adapters(db=db, tenant_id=who.tenant_id)])
 
 
-@router.get("/v1/adapters/{adapter_id}", response_model=AdapterOut, tags=["adapters"], summary="One adapter")
+@router.get("/v1/adapters/{adapter_id}", response_model=AdapterOut, tags=["adapters"],
+            summary="One adapter: metrics, parent, lineage (documents learned, the chain's accuracy matrix), aliases")
 def get_adapter(adapter_id: str, db: DbDep, who: PrincipalDep) -> AdapterOut:
-    return models.adapter_out(models.find_adapter(db=db, tenant_id=who.tenant_id, adapter_id=adapter_id))
+    return models.adapter_out(models.find_adapter(db=db, tenant_id=who.tenant_id, adapter_id=adapter_id), db)
 
 
 @router.delete("/v1/adapters/{adapter_id}", tags=["adapters"], summary="Delete an adapter and its files")

@@ -20,7 +20,7 @@ from api.schemas.completions import (
 )
 from api.schemas.documents import DocumentIn, DocumentOut, QuestionIn
 from api.schemas.jobs import JobErrorOut, LoraIn, Progress, SelfEditOut
-from api.schemas.models import AdapterList, AdapterOut, ModelList, ModelOut
+from api.schemas.models import AdapterList, AdapterOut, AliasIn, AliasList, AliasOut, ModelList, ModelOut
 from api.schemas.rl import PolicyList, PolicyOut, RLRunCreate
 from api.schemas.tasks import MAX_TASK_EXAMPLES, SolveIn, SolveOut, TaskCreate, TaskOut
 from seal_service.settings import MAX_SELF_EDITS
@@ -35,6 +35,9 @@ __all__ = [
     "AdaptationOut",
     "AdapterList",
     "AdapterOut",
+    "AliasIn",
+    "AliasList",
+    "AliasOut",
     "ChatCompletionIn",
     "ChatMessage",
     "CompletionIn",

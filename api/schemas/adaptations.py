@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, GetJsonSchemaHandler, field_validator, mo
 from api.schemas.common import ID_MAX, MAX_TEXT, Strict
 from api.schemas.documents import QuestionIn
 from api.schemas.jobs import JobErrorOut, LoraIn, Progress, SelfEditOut
+from seal_service.aliases import ALIAS_PATTERN
 from seal_engine.config import (AnchorCount, AnchorWeight, ForgettingBound, RelevanceQuantile, Seed, SelfEdits,
                                 TrainingFormat, UpdateScale)
 
@@ -76,6 +77,9 @@ class RecipeIn(Strict):
     relevance_quantile: RelevanceQuantile | None = Field(
         None, description="the threshold: this quantile of the adapter's gains on general requests (about 1 - q of "
         "them still reach it; unused with relevance false); default: the server's SEAL_RECIPE__RELEVANCE_QUANTILE")
+    rehearse: bool | None = Field(
+        None, description="with a parent: true trains the parent's sequences again beside the new documents' "
+        "(default: the server's SEAL_RECIPE__REHEARSE), false the new documents only")
 
 
 class AdaptationCreate(Strict):
@@ -100,6 +104,15 @@ class AdaptationCreate(Strict):
     eval_questions: list[QuestionIn] | None = Field(None, max_length=10_000)
     name: str | None = Field(None, max_length=200)
     seed: Seed | None = None
+    parent: str | None = Field(
+        None, min_length=1, max_length=ID_MAX,
+        description="an adapter id or alias of this tenant: the new adapter is its next version, trained from its "
+        "weights on these documents (its LoRA settings are inherited), graded on its ancestors' questions too, and "
+        "rejected (error.code ancestor_forgetting_exceeded) when it loses more than max_forgetting of any of them")
+    alias: str | None = Field(
+        None, pattern=ALIAS_PATTERN,
+        description="once the adapter is registered, this alias points at it (created if new); a rejected or "
+        "failed job leaves it where it was")
 
 
 class AdaptationOut(BaseModel):
@@ -121,6 +134,8 @@ class AdaptationOut(BaseModel):
     metrics: dict[str, Any] | None
     error: JobErrorOut | None
     adapter_id: str | None = Field(description="set once the job has succeeded")
+    parent_id: str | None = Field(None, description="the adapter this job's adapter is the next version of")
+    alias: str | None = Field(None, description="the alias moved to the adapter once registered")
     attempts: int
     created_at: datetime
     started_at: datetime | None

@@ -15,8 +15,11 @@ from sqlalchemy.orm import Session
 from api.errors import APIError, field_error, not_found
 from api.limits import too_many
 from api.schemas import AdaptationCreate, AdaptationOut, DocumentIn, JobErrorOut, Progress, SelfEditOut, valid_id
+from api.services.aliases import alias_name_problem
 from api.services.documents import store_document
+from api.services.models import resolve_adapter
 from api.services.policies import promoted_policy
+from seal_engine.config import LoraSettings
 from seal_engine.errors import InputError
 from seal_engine.knowledge.prompts import CUSTOM, STRATEGY_NAMES, get_strategy
 from seal_service.db.base import new_id, utcnow
@@ -27,6 +30,7 @@ from seal_service.db.models import (
     SUCCEEDED,
     TERMINAL,
     AdaptationJob,
+    Adapter,
     Document,
     JobDocument,
     PolicyCheckpoint,
@@ -91,6 +95,14 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
         raise field_error(("template",), "a template needs strategy 'custom'")
 
     lora = settings.lora.model_copy(update=body.lora.model_dump(exclude_none=True))
+    parent = None
+    if body.parent is not None:
+        parent = _parent(db=db, settings=settings, tenant_id=tenant_id, body=body)
+        # A new version continues its parent's LoRA tensors: their shape is the parent's.
+        lora = LoraSettings.model_validate({**(parent.lora or settings.lora.model_dump()),
+                                            **body.lora.model_dump(exclude_none=True, exclude=set(LORA_SHAPE))})
+    if body.alias is not None and (problem := alias_name_problem(body.alias, settings)) is not None:
+        raise field_error(("alias",), problem)
     docs: list[Document] = []
     for i, item in enumerate(body.documents):
         if item.id is not None:
@@ -116,6 +128,7 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
         max_forgetting=body.max_forgetting if body.max_forgetting is not None else settings.recipe.max_forgetting,
         eval_questions=[q.model_dump() for q in body.eval_questions] if body.eval_questions else None,
         seed=body.seed, adapter_id=adapter_id_for(job_id), attempts=0,
+        parent_id=parent.id if parent is not None else None, alias=body.alias,
         # Set before the message is sent, so it can never look newer than the worker's claim.
         dispatched_at=utcnow(),
     )
@@ -125,6 +138,30 @@ def create_job(*, db: Session, settings: Settings, tenant_id: str, body: Adaptat
         db.add(JobDocument(job_id=job_id, position=pos, document_id=d.id))
     db.flush()
     return job
+
+
+# LoRA settings that fix the tensors' shapes and scale: a new version cannot change them.
+LORA_SHAPE = ("rank", "alpha", "target_modules")
+
+
+def _parent(*, db: Session, settings: Settings, tenant_id: str, body: AdaptationCreate) -> Adapter:
+    """The adapter (id or alias) a new version continues: 404 unless it is the tenant's and ready,
+    422 when it cannot be continued by this server or with these LoRA settings."""
+    assert body.parent is not None
+    row = resolve_adapter(db=db, tenant_id=tenant_id, name=body.parent, param="parent")
+    if row.base_model != settings.model_id:
+        raise field_error(("parent",), f"adapter {row.id} was trained for {row.base_model!r}; this server adapts "
+                                       f"{settings.model_id!r}")
+    made_by = db.get(AdaptationJob, row.job_id) if row.job_id else None
+    if made_by is not None and made_by.task is not None:
+        raise field_error(("parent",), f"adapter {row.id} was trained on a few-shot task, not documents")
+    inherited = row.lora or settings.lora.model_dump()
+    for name in LORA_SHAPE:
+        asked = getattr(body.lora, name)
+        if asked is not None and asked != inherited.get(name):
+            raise field_error(("lora", name), f"a new version keeps its parent's {name} ({inherited.get(name)!r}): "
+                                              "training continues the parent's LoRA tensors")
+    return row
 
 
 def get_job(*, db: Session, tenant_id: str, job_id: str) -> AdaptationJob:
@@ -161,7 +198,7 @@ def job_out(job: AdaptationJob) -> AdaptationOut:
         recipe=job.recipe or {}, max_forgetting=job.max_forgetting,
         metrics=job.metrics, error=job_error(job),
         adapter_id=job.adapter_id if job.status == SUCCEEDED else None,
-        attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        parent_id=job.parent_id, alias=job.alias, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
     )
 
 

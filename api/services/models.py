@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 from api.errors import APIError, not_found
 from api.schemas import AdapterOut, ModelOut, valid_id
 from seal_service.db.base import utcnow
-from seal_service.db.models import ADAPTER_DELETED, ADAPTER_READY, Adapter
+from seal_service.aliases import aliases_of, get_alias
+from seal_service.db.models import ADAPTER_DELETED, ADAPTER_READY, Adapter, Alias
 from seal_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -42,14 +43,21 @@ def base_model_out(settings: Settings) -> ModelOut:
 
 def adapter_model_out(a: Adapter) -> ModelOut:
     return ModelOut(id=a.id, created=int(a.created_at.timestamp()), owned_by=a.tenant_id, kind="adapter",
-                    base_model=a.base_model, name=a.name)
+                    base_model=a.base_model, name=a.name, parent_id=a.parent_id, lineage=a.lineage)
 
 
-def adapter_out(a: Adapter) -> AdapterOut:
+def alias_model_out(alias: Alias, a: Adapter) -> ModelOut:
+    return ModelOut(id=alias.name, created=int(alias.updated_at.timestamp()), owned_by=alias.tenant_id, kind="alias",
+                    base_model=a.base_model, name=a.name, adapter_id=a.id, parent_id=a.parent_id, lineage=a.lineage)
+
+
+def adapter_out(a: Adapter, db: Session | None = None) -> AdapterOut:
+    """The adapter as the API shows it; with ``db``, the aliases that point at it too."""
     return AdapterOut(
         id=a.id, name=a.name, base_model=a.base_model, status=a.status, strategy=a.strategy, policy_id=a.policy_id,
         job_id=a.job_id, metrics=a.metrics, lora=a.lora, size_bytes=a.size_bytes,
-        files=adapter_files(a.storage_path), created_at=a.created_at,
+        files=adapter_files(a.storage_path), created_at=a.created_at, parent_id=a.parent_id, lineage=a.lineage,
+        aliases=[x.name for x in aliases_of(db, a.tenant_id, a.id)] if db is not None else [],
     )
 
 
@@ -61,18 +69,24 @@ def find_adapter(*, db: Session, tenant_id: str, adapter_id: str, param: str | N
     return row
 
 
-def served_adapter_path(*, db: Session, tenant_id: str, model_id: str, base_model: str) -> str:
-    """Where the adapter a completion request names lives; 404 (``param`` "model") unless it is one
-    of the tenant's ready adapters trained for ``base_model``, the model this server serves."""
+def resolve_adapter(*, db: Session, tenant_id: str, name: str, param: str | None = None) -> Adapter:
+    """The tenant's ready adapter that ``name`` (an adapter id or an alias) names, else 404."""
+    alias = get_alias(db, tenant_id, name)
+    return find_adapter(db=db, tenant_id=tenant_id, adapter_id=alias.adapter_id if alias else name, param=param)
+
+
+def served_adapter(*, db: Session, tenant_id: str, model_id: str, base_model: str) -> tuple[str, str]:
+    """(id, directory) of the adapter a completion request names (an id or an alias); 404 (``param``
+    "model") unless it is one of the tenant's ready adapters trained for ``base_model``."""
     try:
-        row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=model_id, param="model")
+        row = resolve_adapter(db=db, tenant_id=tenant_id, name=model_id, param="model")
     except APIError:
         raise APIError(404, f"The model {model_id!r} does not exist or you do not have access to it.",
                        code="model_not_found", param="model") from None
     if row.base_model != base_model:
         raise APIError(404, f"adapter {model_id!r} was trained for {row.base_model!r}, "
                             f"which this server does not serve", code="model_not_found", param="model")
-    return row.storage_path
+    return row.id, row.storage_path
 
 
 def list_models(*, db: Session, settings: Settings, tenant_id: str,
@@ -82,7 +96,9 @@ def list_models(*, db: Session, settings: Settings, tenant_id: str,
         select(Adapter).where(Adapter.tenant_id == tenant_id, Adapter.status == ADAPTER_READY,
                               Adapter.base_model == settings.model_id).order_by(Adapter.created_at)
     ).all()
-    return [base_model_out(settings), *(adapter_model_out(a) for a in rows),
+    by_id = {a.id: a for a in rows}
+    aliases = [alias_model_out(x, by_id[x.adapter_id]) for x in aliases_of(db, tenant_id) if x.adapter_id in by_id]
+    return [base_model_out(settings), *(adapter_model_out(a) for a in rows), *aliases,
             *(ModelOut(id=r.name, created=r.created, owned_by=tenant_id, kind="lora",
                        base_model=settings.model_id) for r in runtime_loras)]
 
@@ -92,7 +108,9 @@ def retrieve_model(*, db: Session, settings: Settings, tenant_id: str, model_id:
     if model_id == settings.model_id:
         return base_model_out(settings)
     try:
-        return adapter_model_out(find_adapter(db=db, tenant_id=tenant_id, adapter_id=model_id))
+        alias = get_alias(db, tenant_id, model_id)
+        row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=alias.adapter_id if alias else model_id)
+        return alias_model_out(alias, row) if alias else adapter_model_out(row)
     except APIError:
         raise not_found("model", model_id) from None
 
@@ -104,8 +122,13 @@ def list_adapters(*, db: Session, tenant_id: str) -> list[Adapter]:
 
 
 def mark_adapter_deleted(*, db: Session, tenant_id: str, adapter_id: str) -> Path:
-    """Mark the tenant's adapter deleted and commit; returns its directory (still on disk)."""
+    """Mark the tenant's adapter deleted and commit; returns its directory (still on disk). 409 while an
+    alias points at it. Its children keep working: each version carries its own weights and lineage."""
     row = find_adapter(db=db, tenant_id=tenant_id, adapter_id=adapter_id)
+    names = [a.name for a in aliases_of(db, tenant_id, adapter_id)]
+    if names:
+        raise APIError(409, f"alias(es) {', '.join(names)} point at adapter {adapter_id}; move them "
+                            "(PUT /v1/aliases/{name}) or delete them first", code="adapter_in_use")
     path = Path(row.storage_path)
     row.status, row.deleted_at = ADAPTER_DELETED, utcnow()
     db.commit()

@@ -78,6 +78,15 @@ class LoraAdapter:
         return out
 
 
+    def toward(self, start: LoraAdapter, factor: float) -> LoraAdapter:
+        """A point on the way from ``start`` (factor 0: exactly it) to this adapter (1), its LoRA
+        tensors interpolated: for a version trained on from ``start``, a smaller step away from it."""
+        out = copy.copy(self)
+        out.state = {k: start.state[k].to(v.dtype) + factor * (v - start.state[k].to(v.dtype)) for k, v in self.state.items()}
+        out.relevance = None
+        return out
+
+
 @dataclass
 class TrainedAdapter(LoraAdapter):
     seed: int = 0

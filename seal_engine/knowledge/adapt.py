@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from seal_engine.config import EngineSettings, LoraSettings
-from seal_engine.core.grading import JudgeError, LLMJudge
+from seal_engine.core.grading import JudgeError, LLMJudge, grade_offline
 from seal_engine.core.lora import LoraAdapter, TrainedAdapter
 from seal_engine.core.model import ModelBundle
 from seal_engine.errors import InputError
@@ -18,8 +19,9 @@ from seal_engine.knowledge.chat_format import chat_examples
 from seal_engine.knowledge.documents import Document, DocumentError, Question
 from seal_engine.knowledge.evaluation import score_adapters
 from seal_engine.knowledge.forgetting import Forgetting, enforce, gate_check, gate_forgetting, gate_requests
+from seal_engine.knowledge.lineage import AncestorScore, ChainCheck, Parent, enforce_chain
 from seal_engine.knowledge.prompts import get_strategy
-from seal_engine.knowledge.qa import QAResult
+from seal_engine.knowledge.qa import QAResult, chat_answers
 from seal_engine.knowledge.replay import replay_examples
 from seal_engine.knowledge.retention import baseline_retention
 from seal_engine.knowledge.reward import Reward, compute_reward
@@ -50,6 +52,8 @@ class AdaptationResult:
     forgetting: Forgetting | None = None  # on the gate half (seal_engine.knowledge.forgetting)
     timings: dict[str, float] = field(default_factory=dict)
     fallbacks: list[dict[str, float]] = field(default_factory=list)  # scaled-down updates tried by the gate
+    chain: ChainCheck | None = None  # grades on its own and its ancestors' questions (seal_engine.knowledge.lineage)
+    chain_of: LoraAdapter | None = field(default=None, repr=False)  # the adapter ``chain`` graded
 
     def metrics(self) -> dict:
         out: dict = {
@@ -73,6 +77,8 @@ class AdaptationResult:
             out["forgetting_fallbacks"] = self.fallbacks
         if self.adapter.relevance is not None:
             out["relevance"] = self.adapter.relevance.to_dict()
+        if self.chain is not None:
+            out["chain"] = self.chain.to_dict()
         return out
 
     def record(self) -> dict:
@@ -119,6 +125,7 @@ def adapt(
     measure_forgetting: bool = False,
     max_forgetting: float | None = None,
     relevance_quantile: float | None = None,
+    parent: Parent | None = None,
 ) -> AdaptationResult:
     """Teach the model ``documents``: one adapter trained on all their self-edits.
 
@@ -140,6 +147,9 @@ def adapt(
     :class:`~seal_engine.knowledge.forgetting.ForgettingExceeded`, unless one of
     ``fallback_scales`` (tried in order) brings the scaled-down update within it; the
     adapter then returned is that one, and ``result.fallbacks`` lists what was tried.
+
+    For a version that continued its parent's weights the fallbacks are points between the parent and it
+    (:meth:`~seal_engine.core.lora.LoraAdapter.toward`).
 
     ``relevance_quantile`` calibrates the adapter's relevance threshold on the gate half's
     requests (:mod:`seal_engine.serving.relevance`): served, it then answers only the requests
@@ -169,6 +179,12 @@ def adapt(
         mine = [s for s in training_sequences(doc, strat, doc_edits) if s not in sequences]
         sequences.extend(mine)
         examples.extend(chat_examples(bundle, doc.title, mine) if training_format == "chat" else mine)
+    if parent is not None and parent.rehearse:
+        # The chain's earlier sequences, trained again with the new ones (the child's record lists
+        # them all, so its own child rehearses the whole chain).
+        old = [s for s in dict.fromkeys(parent.sequences) if s not in sequences]
+        sequences = old + sequences
+        examples = (chat_examples(bundle, "", old) if training_format == "chat" else old) + examples
     examples.extend(replay_examples(bundle, replay))
     report("self_edits", 1, 1)
     timings["self_edits_s"] = time.perf_counter() - t
@@ -178,14 +194,26 @@ def adapt(
     anchor_set = Anchors(gate_check(bundle, settings).replies[:anchors], weight=anchor_weight) if anchors else None
     [adapter] = train_adapters_batched(
         bundle, [examples], lora, seeds=[seed], on_step=lambda s, n, _loss: report("training", s, n),
-        anchors=anchor_set,
+        anchors=anchor_set, starts=[parent.adapter if parent is not None and parent.continue_training else None],
     )
     if scale != 1.0:
         adapter = adapter.scaled(scale)
     timings["training_s"] = time.perf_counter() - t
 
-    qs = list(questions) if questions is not None else [q for d in documents for q in d.questions]
     result = AdaptationResult(strat.name if strat else "passage", prompts, edits, sequences, adapter, timings=timings)
+    qs = list(questions) if questions is not None else [q for d in documents for q in d.questions]
+
+    def check_chain(subject: LoraAdapter) -> None:
+        # What a version of a chain knows, as a chat user asks: its own questions and its ancestors'.
+        t = time.perf_counter()
+        result.chain, result.chain_of = grade_chain(bundle, subject, qs, parent, settings), subject
+        timings["chain_s"] = timings.get("chain_s", 0.0) + time.perf_counter() - t
+        enforce_chain(result.chain, max_forgetting)
+
+    if qs or (parent is not None and parent.graded()):
+        # Before the general gate: cheaper (a few questions), and a version that lost its ancestors is rejected anyway.
+        report("evaluation", 0, 1)
+        check_chain(adapter)
     if measure_forgetting or max_forgetting is not None:
         t = time.perf_counter()
         report("forgetting", 0, 1)
@@ -200,15 +228,22 @@ def adapt(
         for n, fallback in enumerate(tries, start=1):
             if result.forgetting.forgetting <= max_forgetting:
                 break
-            candidate = adapter.scaled(fallback)
+            # A new version of a chain steps back toward its parent (which passed the gate), not toward
+            # the base model, which would take the parent's documents away with it.
+            continued = parent is not None and parent.continue_training
+            candidate = adapter.toward(parent.adapter, fallback) if continued else adapter.scaled(fallback)
             measured = gate_forgetting(bundle, settings, candidate, progress=check_progress(n))
-            result.fallbacks.append({"scale": scale * fallback, "forgetting": measured.forgetting})
+            result.fallbacks.append({"scale": scale * fallback, "forgetting": measured.forgetting,
+                                     **({"toward_parent": True} if continued else {})})
             if measured.forgetting < result.forgetting.forgetting or measured.forgetting <= max_forgetting:
                 result.adapter, result.forgetting = candidate, measured
         timings["forgetting_s"] = time.perf_counter() - t
         report("forgetting", 1, 1)
         enforce(result.forgetting, max_forgetting, fallbacks=result.fallbacks)
         adapter = result.adapter
+    if result.chain is not None and result.adapter is not result.chain_of:
+        # The gate scaled the update down (the parent's part of it too): graded again.
+        check_chain(result.adapter)
     if relevance_quantile is not None:
         t = time.perf_counter()
         report("relevance", 0, 1)
@@ -234,6 +269,24 @@ def adapt(
         report("evaluation", 1, 1)
         timings["evaluation_s"] = time.perf_counter() - t
     return result
+
+
+def grade_chain(bundle: ModelBundle, adapter: LoraAdapter, own: Sequence[Question], parent: Parent | None,
+                settings: EngineSettings) -> ChainCheck:
+    """``adapter`` asked its own questions and each graded ancestor's through the chat path (one plain
+    user turn, greedy, ``settings.lineage_answer_tokens`` tokens; the weights, not the relevance
+    routing), graded ``contains``; all in one decode."""
+    graded = parent.graded() if parent is not None else []
+    sets = [list(own), *[list(a.questions) for a in graded]]
+    flat = [q for qs in sets for q in qs]
+    replies = chat_answers(bundle, [q.question for q in flat], [dataclasses.replace(adapter, relevance=None)] * len(flat),
+                           max_tokens=settings.lineage_answer_tokens)
+    grades = [grade_offline(r, q.answer)["contains"] for r, q in zip(replies, flat)]
+    means, pos = [], 0
+    for qs in sets:
+        means.append(sum(grades[pos : pos + len(qs)]) / len(qs) if qs else None)
+        pos += len(qs)
+    return ChainCheck([AncestorScore(a.key, m, a.accuracy) for a, m in zip(graded, means[1:])], own=means[0])
 
 
 def reward_for(adapted: QAResult, retention: float | None, baseline_retention: float | None, settings: EngineSettings) -> Reward:

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from seal_engine.config import LoraSettings
-from seal_engine.core.lora import AdapterError, TrainedAdapter, lora_config, module_paths, peft_model
+from seal_engine.core.lora import (AdapterError, LoraAdapter, TrainedAdapter, adapter_scaling, lora_config, module_paths,
+                                   peft_model)
 from seal_engine.core.model import ModelBundle
 from seal_engine.training.multilora import installed
 from seal_engine.training.peft import padded_width, tokenize
@@ -191,11 +192,14 @@ def train_adapters_batched(
     token_budget: int | None = None,
     on_step: Callable[[int, int, float], None] | None = None,
     anchors: Anchors | None = None,
+    starts: Sequence[LoraAdapter | None] | None = None,
 ) -> list[TrainedAdapter]:
     """One adapter per training set, all trained in shared forward/backward passes.
 
     ``token_budget`` overrides ``cfg.token_budget`` (see :class:`LoraSettings`);
-    ``anchors`` adds a KL penalty to the base model (:class:`Anchors`).
+    ``anchors`` adds a KL penalty to the base model (:class:`Anchors`); ``starts`` (one per
+    training set, None: PEFT's initialisation) continues training existing adapters, which must
+    have the LoRA tensors ``cfg`` describes (same targets and rank).
     """
     K = len(training_sets)
     if K == 0:
@@ -212,6 +216,12 @@ def train_adapters_batched(
     # One PEFT wrap per distinct seed (candidates usually share the seed).
     init_by_seed = {s: peft_initial_state(bundle, cfg, s) for s in dict.fromkeys(seeds)}
     inits = [init_by_seed[s] for s in seeds]
+    for k, start in enumerate(starts or []):
+        if start is not None:
+            if abs(adapter_scaling(start) - cfg.alpha / cfg.rank) > 1e-9:
+                raise AdapterError(f"the adapter to continue training scales its update by {adapter_scaling(start):g}, "
+                                   f"the training settings by alpha/rank = {cfg.alpha / cfg.rank:g}")
+            inits[k] = _start_state(start, inits[k])
     rngs = [random.Random(s) for s in seeds]
     bs = cfg.batch_size
     # Every adapter's batch schedule for all epochs, fixed up front (same as train_lora).
@@ -296,6 +306,19 @@ def train_adapters_batched(
         )
         for k in range(K)
     ]
+
+
+def _start_state(start: LoraAdapter, fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``start``'s tensors, checked against the fresh initialisation they replace."""
+    if set(start.state) != set(fresh):
+        missing, extra = sorted(set(fresh) - set(start.state)), sorted(set(start.state) - set(fresh))
+        raise AdapterError("the adapter to continue training has other LoRA targets than the training settings "
+                           f"(missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, t in fresh.items():
+        if tuple(start.state[name].shape) != tuple(t.shape):
+            raise AdapterError(f"the adapter to continue training has rank {start.config.r}, the training settings "
+                               f"{tuple(t.shape)} for {name}")
+    return {name: start.state[name].detach().to(device=t.device, dtype=t.dtype, copy=True) for name, t in fresh.items()}
 
 
 Row = tuple[int, tuple[list[int], list[int]]]  # (adapter, (input_ids, labels))

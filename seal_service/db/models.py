@@ -173,6 +173,10 @@ class AdaptationJob(Base):
     # None: the worker's settings.
     recipe: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     max_forgetting: Mapped[float | None] = mapped_column(Float)
+    # The adapter this job's adapter is the next version of (trained from it on new documents),
+    # and the alias moved to the new version once it is registered.
+    parent_id: Mapped[str | None] = mapped_column(String(40))
+    alias: Mapped[str | None] = mapped_column(String(64))
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(Text)
     # Machine-readable kind of ``error`` (e.g. "forgetting_exceeded"); see workers.errors.
@@ -245,8 +249,27 @@ class Adapter(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     lora: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The version it was trained from (None: from the base model). No foreign key: a deleted
+    # version's row stays (status deleted), and its children carry their own weights.
+    parent_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # seal_engine.knowledge.lineage.Lineage.to_dict(): documents learned along the chain and
+    # the chain's accuracy matrix.
+    lineage: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Alias(Base):
+    """A tenant's name for one of its adapters (``model: "<name>"`` in completions); moving it
+    to another version is one update."""
+
+    __tablename__ = "aliases"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    adapter_id: Mapped[str] = mapped_column(ForeignKey("adapters.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class WorkerHeartbeat(Base):

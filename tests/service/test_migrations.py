@@ -27,6 +27,7 @@ RECORDED_SCHEMA = Path(__file__).resolve().parents[1] / "support" / "registry_sc
 TABLES = {
     "tenants", "api_keys", "documents", "adaptation_jobs", "job_documents", "self_edits", "adapters",
     "rl_runs", "policy_checkpoints", "worker_heartbeats", "alembic_version", "rl_samples", "rl_evaluations",
+    "aliases",
 }
 
 
@@ -40,7 +41,7 @@ def _check_schema(url: str) -> None:
         cols = {c["name"] for c in inspect(engine).get_columns("self_edits")}
         assert {"text", "prompt", "strategy", "policy_id", "reward"} <= cols
         cols = {c["name"] for c in inspect(engine).get_columns("adapters")}
-        assert {"tenant_id", "base_model", "storage_path", "metrics", "status", "strategy"} <= cols
+        assert {"tenant_id", "base_model", "storage_path", "metrics", "status", "strategy", "parent_id", "lineage"} <= cols
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == [], f"models and migrations differ: {diff}"
@@ -79,6 +80,7 @@ def test_linear_migration_history():
 
     revisions = list(ScriptDirectory.from_config(alembic_config("sqlite://")).walk_revisions())
     # 0001: initial schema; 0002: RL samples and per-passage evaluations; 0003: RL work leases;
-    # 0004: few-shot task jobs; 0005: the retention gate (job recipe, max_forgetting, error_code).
-    assert [r.revision for r in revisions] == ["0005", "0004", "0003", "0002", "0001"]
-    assert [r.down_revision for r in revisions] == ["0004", "0003", "0002", "0001", None]
+    # 0004: few-shot task jobs; 0005: the retention gate (job recipe, max_forgetting, error_code);
+    # 0006: lineage (parent adapters, aliases).
+    assert [r.revision for r in revisions] == ["0006", "0005", "0004", "0003", "0002", "0001"]
+    assert [r.down_revision for r in revisions] == ["0005", "0004", "0003", "0002", "0001", None]

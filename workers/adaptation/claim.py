@@ -54,6 +54,8 @@ class JobSpec:
     task: dict[str, Any] | None = None  # a few-shot task job: {"task": {...}, "recipe"?: {...}}
     recipe: dict[str, Any] = field(default_factory=dict)  # RecipeSettings overrides of the request
     max_forgetting: float | None = None  # the request's bound; None: the worker's setting
+    parent_id: str | None = None  # the version this job's adapter continues (workers.adaptation.lineage)
+    alias: str | None = None  # moved to the new adapter when it is registered
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
@@ -145,4 +147,5 @@ def _read_spec(s: Session, job_id: str) -> JobSpec:
         lora=dict(job.lora or {}), eval_questions=list(job.eval_questions or []), seed=job.seed,
         adapter_id=job.adapter_id, attempts=job.attempts, documents=[tuple(d) for d in docs],
         task=dict(job.task) if job.task else None, recipe=dict(job.recipe or {}), max_forgetting=job.max_forgetting,
+        parent_id=job.parent_id, alias=job.alias,
     )

@@ -14,7 +14,9 @@ from seal_service.db.models import ADAPTER_READY, FAILED, RUNNING, SUCCEEDED, Ad
 from seal_service.db.session import session_scope
 from seal_service.settings import Settings
 from seal_service.storage import JOB_MARKER, RECORD, dir_size
+from seal_service.aliases import move_alias
 from workers.adaptation.claim import JobSpec
+from workers.adaptation.lineage import child_lineage, stored_lineage
 
 
 @dataclass
@@ -89,6 +91,15 @@ def register(settings: Settings, spec: JobSpec, worker: str, produced: Produced,
         row.lora = spec.lora  # the LoRA settings the job trained with
         row.size_bytes = dir_size(final)
         row.deleted_at = None
+        row.parent_id = spec.parent_id
+        if spec.task is None:
+            parent = s.get(Adapter, spec.parent_id) if spec.parent_id else None
+            row.lineage = child_lineage(
+                spec.adapter_id, spec.documents, len(spec.eval_questions), produced.metrics, settings.reward_grader,
+                stored_lineage(s, parent, settings.reward_grader) if parent is not None else None)
+        if spec.alias:
+            s.flush()  # the adapter row before the alias that points at it
+            move_alias(s, spec.tenant_id, spec.alias, spec.adapter_id)
     return True
 
 

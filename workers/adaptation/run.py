@@ -32,10 +32,12 @@ from typing import Any
 
 from seal_engine.errors import SealError
 from seal_service.db.models import CANCELLED, FAILED, SUCCEEDED
+from seal_service.db.session import session_scope
 from seal_service.settings import Settings
 from seal_service.storage import JOB_MARKER, adapter_dir, fsync_dir, new_tmp_dir, publish, remove_unregistered
 from workers.adaptation.claim import JobSpec, claim
 from workers.adaptation.lease import STAGES, STAGES_NO_EVAL, Lease
+from workers.adaptation.lineage import engine_parent, read_parent
 from workers.adaptation.register import Produced, complete_record, mark_failed, register
 from workers.engine import load_model
 from workers.errors import JobCancelled, JobError, LeaseLost, error_code, readable
@@ -181,6 +183,13 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
     questions = [Question(q["question"], q["answer"]) for q in spec.eval_questions] or None
     lora = LoraSettings.model_validate(spec.lora)
     recipe = settings.recipe.model_copy(update=spec.recipe)
+    parent = None
+    if spec.parent_id is not None:
+        if not _takes_keyword(adapt_fn, "parent"):
+            raise JobError("this engine version cannot train from a parent adapter")
+        with session_scope(settings.resolved_database_url) as s:
+            parent = read_parent(s, spec.parent_id, spec.tenant_id, settings.reward_grader)
+        extra["parent"] = engine_parent(parent, recipe.rehearse)
     max_forgetting = spec.max_forgetting if spec.max_forgetting is not None else recipe.max_forgetting
     # The recipe's training knobs and the retention gate, for an engine that takes them.
     for name, value in [*recipe.adapt_kwargs().items(), ("measure_forgetting", True),
@@ -194,7 +203,8 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
     result = adapt_fn(
         bundle, docs, settings, strategy=spec.strategy, template=spec.template, k=spec.num_self_edits,
         lora=lora, questions=questions, seed=spec.seed,
-        progress=lease.engine_progress(STAGES if questions else STAGES_NO_EVAL), **extra,
+        progress=lease.engine_progress(STAGES if questions or (parent and parent.questions) else STAGES_NO_EVAL),
+        **extra,
     )
     return _save_and_publish(spec, lease, tmp, final, result, save_fn, lora.model_dump())
 
