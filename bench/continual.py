@@ -5,7 +5,9 @@ worker's job code, the engine) with the server's default recipe:
 
   chain            passage j POSTed with ``parent`` = version j-1 (its sequences rehearsed), one
                    version per passage, an alias moved to each;
+  chain-fresh      the same, ``recipe.continue_parent: false`` (a fresh adapter on all sequences so far);
   chain-norehearse the same, ``recipe.rehearse: false`` (the new passage only, from the parent's weights);
+  *-loose          the same with ``max_forgetting`` 0.6 instead of the server's 0.3;
   multi            all passages in one multi-document POST (the comparison the issue asks for).
 
 After each step the registered version is graded on every passage's questions through the chat
@@ -35,7 +37,12 @@ warnings.filterwarnings("ignore")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DEV = ROOT.parent / "shared" / "data" / "squad" / "dev.json"
-ARMS = {"chain": {}, "chain-norehearse": {"recipe": {"rehearse": False}}, "multi": {}}
+ARMS = {"chain": {}, "chain-fresh": {"recipe": {"continue_parent": False}},
+        "chain-norehearse": {"recipe": {"rehearse": False}}, "multi": {},
+        # The same with a looser bound (a user's per-request override): what the chain keeps when the gates
+        # do not stop it.
+        "chain-loose": {"max_forgetting": 0.6}, "chain-fresh-loose": {"recipe": {"continue_parent": False},
+                                                                     "max_forgetting": 0.6}}
 ALIAS = "bench-kb"
 
 
@@ -44,7 +51,7 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEV)
     ap.add_argument("--passages", type=int, default=10)
-    ap.add_argument("--arms", default="chain,multi,chain-norehearse", help=f"comma list of: {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="chain,multi,chain-loose,chain-fresh-loose", help=f"comma list of: {', '.join(ARMS)}")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--read-tokens", type=int, default=128)
     ap.add_argument("--probe-tokens", type=int, default=48)
@@ -145,7 +152,8 @@ def main() -> None:
             mine = sorted((r for r in rows if r["arm"] == arm), key=lambda r: r["step"])
             if arm == "multi":
                 if not mine:
-                    record(arm, len(docs) - 1, adapt({"documents": [item(d) for d in docs], "eval_questions": qs(docs)}))
+                    record(arm, len(docs) - 1, adapt({"documents": [item(d) for d in docs], "eval_questions": qs(docs),
+                                                  **ARMS[arm]}))
                 continue
             done = [r for r in mine if r.get("adapter_id")]
             parent = done[-1]["adapter_id"] if done else None

@@ -192,6 +192,8 @@ class RecipeSettings(BaseModel):
     # A new version of an adapter (a job with a parent) trains on its parent's sequences again
     # beside the new documents' (seal_engine.knowledge.lineage); false: the new documents only.
     rehearse: bool = True
+    # A new version continues its parent's LoRA weights; false: a fresh adapter on the new and rehearsed sequences.
+    continue_parent: bool = True
 
     ADAPT_FIELDS: ClassVar[tuple[str, ...]] = ("training_format", "replay", "anchors", "anchor_weight", "scale",
                                               "fallback_scales")

@@ -21,8 +21,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The longest modules (minutes each on 2 cores) go to the xdist workers first, so that the run does not
 # end with one worker on a long module while the other has nothing left (--dist loadfile hands out
 # modules in collection order).
-LONGEST_FIRST = ("tests/reliability/test_faults.py", "tests/cli/test_e2e.py", "tests/engine/knowledge/test_adapt.py",
-                 "tests/engine/fewshot/test_ttt.py", "tests/api/test_rl_runs.py", "tests/service/test_rl_embedded.py")
+LONGEST_FIRST = ("tests/reliability/test_faults.py", "tests/cli/test_e2e.py", "tests/api/test_lineage.py",
+                 "tests/engine/knowledge/test_adapt.py", "tests/engine/fewshot/test_ttt.py",
+                 "tests/service/test_rl_embedded.py", "tests/workers/test_worker_kill.py", "tests/api/test_rl_runs.py",
+                 "tests/engine/knowledge/test_forgetting.py", "tests/engine/rl/test_loop.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -80,6 +80,9 @@ class RecipeIn(Strict):
     rehearse: bool | None = Field(
         None, description="with a parent: true trains the parent's sequences again beside the new documents' "
         "(default: the server's SEAL_RECIPE__REHEARSE), false the new documents only")
+    continue_parent: bool | None = Field(
+        None, description="with a parent: true continues training the parent's weights (default: the server's "
+        "SEAL_RECIPE__CONTINUE_PARENT), false trains a fresh adapter on the new and rehearsed sequences")
 
 
 class AdaptationCreate(Strict):

@@ -82,7 +82,8 @@ class LoraAdapter:
         """A point on the way from ``start`` (factor 0: exactly it) to this adapter (1), its LoRA
         tensors interpolated: for a version trained on from ``start``, a smaller step away from it."""
         out = copy.copy(self)
-        out.state = {k: start.state[k].to(v.dtype) + factor * (v - start.state[k].to(v.dtype)) for k, v in self.state.items()}
+        # lerp is exact at both ends (0: start, 1: this adapter).
+        out.state = {k: torch.lerp(start.state[k].to(v.dtype), v, factor) for k, v in self.state.items()}
         out.relevance = None
         return out
 

@@ -286,7 +286,8 @@ def grade_chain(bundle: ModelBundle, adapter: LoraAdapter, own: Sequence[Questio
     for qs in sets:
         means.append(sum(grades[pos : pos + len(qs)]) / len(qs) if qs else None)
         pos += len(qs)
-    return ChainCheck([AncestorScore(a.key, m, a.accuracy) for a, m in zip(graded, means[1:])], own=means[0])
+    return ChainCheck([AncestorScore(a.key, m, a.accuracy, len(a.questions)) for a, m in zip(graded, means[1:])],
+                      own=means[0])
 
 
 def reward_for(adapted: QAResult, retention: float | None, baseline_retention: float | None, settings: EngineSettings) -> Reward:

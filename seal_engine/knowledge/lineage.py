@@ -5,9 +5,10 @@ with every sequence its ancestors trained on (rehearsal: the parent's record lis
 facts of earlier documents are trained again rather than only drifted away from; it starts from
 the parent's LoRA weights (``continue_training``) or from a fresh initialisation. It is then graded on each ancestor step's questions
 (those given when that step was adapted; asked as a chat user asks, graded ``contains`` on
-``lineage_answer_tokens`` tokens of the reply); a step whose accuracy fell by more than the bound,
-as a share of what that step reached right after its own training, rejects the child
-(:class:`AncestorForgettingExceeded`), exactly as the general-knowledge gate does.
+``lineage_answer_tokens`` tokens of the reply). When the share of the ancestors' right answers
+(each right after its own training; all their questions pooled) that are now wrong passes the
+bound, the child is rejected (:class:`AncestorForgettingExceeded`), as the general-knowledge gate
+rejects an adapter that forgot too much.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class AncestorScore:
     key: str
     accuracy: float
     accuracy_at_step: float | None
+    questions: int = 1
 
     @property
     def lost(self) -> float:
@@ -60,7 +62,7 @@ class AncestorScore:
 
     def to_dict(self) -> dict[str, object]:
         return {"adapter_id": self.key, "accuracy": self.accuracy, "accuracy_at_step": self.accuracy_at_step,
-                "lost": self.lost}
+                "questions": self.questions, "lost": self.lost}
 
 
 @dataclass
@@ -75,9 +77,20 @@ class ChainCheck:
     def worst(self) -> AncestorScore | None:
         return max(self.scores, key=lambda s: s.lost, default=None)
 
+    @property
+    def lost(self) -> float:
+        """The share of the ancestors' right answers (right after each one's own training) now wrong:
+        all their graded questions pooled, so that one document's handful of questions (a
+        single answer is 20 points of a 5-question document) does not decide alone."""
+        known = [s for s in self.scores if s.accuracy_at_step]
+        had = sum(s.accuracy_at_step * s.questions for s in known)
+        if not had:
+            return 0.0
+        return max(0.0, (had - sum(s.accuracy * s.questions for s in known)) / had)
+
     def to_dict(self) -> dict[str, object]:
         worst = self.worst
-        return {"own": self.own, "ancestors": [s.to_dict() for s in self.scores],
+        return {"own": self.own, "ancestors": [s.to_dict() for s in self.scores], "lost": self.lost,
                 "max_lost": worst.lost if worst else 0.0}
 
 
@@ -91,17 +104,16 @@ class AncestorForgettingExceeded(SealError):
         w = check.worst
         assert w is not None
         super().__init__(
-            f"the new version lost {w.lost:.1%} of what version {w.key} had learned (its questions: "
-            f"{w.accuracy_at_step:.1%} right after its own training, {w.accuracy:.1%} now; max_forgetting "
-            f"{bound:.1%}); the parent stays the current version; retry with the parent's documents rehearsed, "
-            "fewer epochs, or raise max_forgetting")
+            f"the new version lost {check.lost:.1%} of what the earlier versions had learned (their questions "
+            f"right after each one's own training; max_forgetting {bound:.1%}); the most from version {w.key}: "
+            f"{w.accuracy_at_step:.1%} then, {w.accuracy:.1%} now; the parent stays the current version; retry "
+            "with the parent's documents rehearsed, fewer epochs, or raise max_forgetting")
 
     def details(self) -> dict[str, object]:
         return {"chain": self.check.to_dict(), "max_forgetting": self.bound}
 
 
 def enforce_chain(check: ChainCheck, bound: float | None) -> None:
-    """Raise :class:`AncestorForgettingExceeded` when an ancestor lost more than ``bound``."""
-    worst = check.worst
-    if bound is not None and worst is not None and worst.lost > bound + 1e-9:
+    """Raise :class:`AncestorForgettingExceeded` when the ancestors lost more than ``bound`` (pooled)."""
+    if bound is not None and check.scores and check.lost > bound + 1e-9:
         raise AncestorForgettingExceeded(check, bound)

@@ -25,7 +25,10 @@ FACTS = [
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory, bundle):
     # Every request served by the adapter it names (no relevance routing): the test reads what the weights know.
-    settings = service_settings(tmp_path_factory.mktemp("lineage"), TEST_DATA_DIR, recipe={"relevance": False})
+    # A smaller general-knowledge gate than the server's (12 probes, 12 tokens): cheaper, and still sure to
+    # reject the harsh update of the rejection test.
+    settings = service_settings(tmp_path_factory.mktemp("lineage"), TEST_DATA_DIR, recipe={"relevance": False},
+                                forgetting_probes=12, forgetting_prompts=2, forgetting_probe_tokens=12)
     with api_client(settings) as client:
         yield SimpleNamespace(client=client, settings=settings, bundle=bundle, h=bearer(new_key(settings, "acme")),
                               other=bearer(new_key(settings, "globex")), versions=[])
@@ -168,6 +171,10 @@ def test_a_new_version_keeps_its_parents_lora_shape(svc, bundle):
         "documents": [FACTS[0][0]], "parent": adapter_id, "lora": {"epochs": 3}})
     assert r.status_code == 202 and r.json()["parent_id"] == adapter_id
     assert r.json()["lora"]["epochs"] == 3 and r.json()["lora"]["rank"] == 16
+    # A parent trained for another base model cannot be continued here.
+    foreign = register_random_adapter(svc.settings, bundle, "acme", seed=1, base_model="someone/other-model")
+    r = svc.client.post("/v1/adaptations", headers=svc.h, json={"documents": [FACTS[0][0]], "parent": foreign})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "parent" and "other-model" in r.text
 
 
 def test_alias_routes_refuse_what_they_cannot_point_at(svc):

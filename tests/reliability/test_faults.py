@@ -6,7 +6,7 @@ has exactly one adapter row and one complete directory, nothing is left ``runnin
 and no file is left over (no unregistered directory, nothing under ``storage/.tmp``).
 
 Jobs are the real tiny model with little work: the ``passage`` strategy (no sampling), a few
-epochs, a retention gate of 2 probes that cannot reject (``max_forgetting`` 1.0).
+epochs, a retention gate of 2 probes that cannot reject (``max_forgetting`` 1.0), no relevance check.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class Stack:
 def make_stack(tmp_path: Path, db_url: str, broker: str, **extra: Any) -> Stack:
     values = dict(FAST, database_url=db_url, broker_url=broker, task_queue=f"seal-faults-{uuid.uuid4().hex[:8]}",
                   storage_dir=tmp_path / "adapters", **extra)
-    settings = service_settings(tmp_path, TEST_DATA_DIR, **values)
-    env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, torch_threads=1, **values)
+    # No relevance calibration either: what is under test is the job's life, not what the adapter serves.
+    settings = service_settings(tmp_path, TEST_DATA_DIR, recipe={"relevance": False}, **values)
+    env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, torch_threads=1, recipe__relevance="false", **values)
     return Stack(settings, env, tmp_path)
 
 

@@ -21,8 +21,10 @@ def test_tiny_rl_run_on_a_real_worker(tmp_path):
     # The worker builds the adaptation jobs' retention gate as it starts; RL does not use it: the smallest one
     # (0 would mean every probe).
     # Rewards are counted, not read: short answers.
+    # nor the relevance check's base side (adaptation jobs only).
     env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, worker_heartbeat_s=1, forgetting_probes=1,
-                      forgetting_prompts=1, forgetting_probe_tokens=8, answer_max_new_tokens=16)
+                      forgetting_prompts=1, forgetting_probe_tokens=8, answer_max_new_tokens=16,
+                      recipe__relevance="false")
     out = subprocess.run(seal_cli("keys", "create", "--tenant", "ops", "--admin"), env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -18,8 +18,10 @@ def random_adapter(bundle, rank: int, seed: int, targets: list[str] | None = Non
     return LoraAdapter(lora_config(cfg, bundle.model_id, bundle), state)
 
 
-def register_random_adapter(settings, bundle, tenant: str, rank: int = 16, seed: int = 0) -> str:  # noqa: ANN001
-    """A random adapter saved in ``tenant``'s storage and registered ready (no job); returns its id."""
+def register_random_adapter(settings, bundle, tenant: str, rank: int = 16, seed: int = 0,  # noqa: ANN001
+                            base_model: str | None = None) -> str:
+    """A random adapter saved in ``tenant``'s storage and registered ready (no job) for ``base_model``
+    (default: the bundle's); returns its id."""
     from seal_service.db.base import new_id
     from seal_service.db.models import Adapter
     from seal_service.db.session import session_scope
@@ -28,7 +30,7 @@ def register_random_adapter(settings, bundle, tenant: str, rank: int = 16, seed:
     path = settings.resolved_storage_dir / tenant / adapter_id
     random_adapter(bundle, rank, seed).save(path)
     with session_scope(settings.resolved_database_url) as db:
-        db.add(Adapter(id=adapter_id, tenant_id=tenant, base_model=bundle.model_id, storage_path=str(path),
+        db.add(Adapter(id=adapter_id, tenant_id=tenant, base_model=base_model or bundle.model_id, storage_path=str(path),
                        status="ready", strategy="passage", size_bytes=1,
                        lora=LoraSettings(rank=rank, alpha=2 * rank).model_dump()))
     return adapter_id

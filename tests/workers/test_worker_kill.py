@@ -48,9 +48,10 @@ def prod(tmp_path):
                       worker_heartbeat_s=1)
         settings = service_settings(tmp_path, TEST_DATA_DIR, **values)
         # Each worker builds its retention gate (probes the base model) as it starts: a small gate
-        # keeps both starts short.
+        # keeps both starts short; no relevance check (its base side would be scored at each start too).
         env = service_env(data_dir=TEST_DATA_DIR, state_dir=tmp_path, torch_threads=1, sampling__max_new_tokens=32,
-                          forgetting_probes=2, forgetting_prompts=1, forgetting_probe_tokens=16, **values)
+                          forgetting_probes=2, forgetting_prompts=1, forgetting_probe_tokens=16,
+                          recipe__relevance="false", **values)
         yield settings, env, tmp_path
         import redis
 

@@ -95,7 +95,7 @@ def read_parent(s: Session, parent_id: str, tenant_id: str, grader: str) -> Pare
     return ParentSpec(parent_id, row.storage_path, lineage, questions)
 
 
-def engine_parent(parent: ParentSpec, rehearse: bool) -> Any:
+def engine_parent(parent: ParentSpec, rehearse: bool, continue_training: bool = True) -> Any:
     """The engine's :class:`~seal_engine.knowledge.lineage.Parent`: weights, rehearsed sequences, ancestors."""
     from seal_engine.core.lora import load_adapter
     from seal_engine.knowledge.documents import Question
@@ -119,7 +119,8 @@ def engine_parent(parent: ParentSpec, rehearse: bool) -> Any:
                  v.get("accuracy"))
         for v in parent.lineage["versions"]
     ]
-    return Parent(adapter=adapter, sequences=sequences, ancestors=ancestors, rehearse=rehearse)
+    return Parent(adapter=adapter, sequences=sequences, ancestors=ancestors, rehearse=rehearse,
+                  continue_training=continue_training)
 
 
 def child_lineage(adapter_id: str, documents: list[tuple[str, str, str]], questions: int,

@@ -189,7 +189,7 @@ def _work(settings: Settings, spec: JobSpec, lease: Lease, tmp: Path, final: Pat
             raise JobError("this engine version cannot train from a parent adapter")
         with session_scope(settings.resolved_database_url) as s:
             parent = read_parent(s, spec.parent_id, spec.tenant_id, settings.reward_grader)
-        extra["parent"] = engine_parent(parent, recipe.rehearse)
+        extra["parent"] = engine_parent(parent, recipe.rehearse, recipe.continue_parent)
     max_forgetting = spec.max_forgetting if spec.max_forgetting is not None else recipe.max_forgetting
     # The recipe's training knobs and the retention gate, for an engine that takes them.
     for name, value in [*recipe.adapt_kwargs().items(), ("measure_forgetting", True),

@@ -24,13 +24,17 @@ def test_what_a_version_lost_is_a_share_of_what_it_had_learned():
     assert AncestorScore("a", accuracy=1.0, accuracy_at_step=0.5).lost == 0.0  # gained
     assert AncestorScore("a", accuracy=0.0, accuracy_at_step=0.0).lost == 0.0  # had learned nothing
     assert AncestorScore("a", accuracy=0.0, accuracy_at_step=None).lost == 0.0  # never graded
-    check = ChainCheck([AncestorScore("a", 0.5, 1.0), AncestorScore("b", 1.0, 1.0)])
+    # Pooled over the ancestors' questions: a had 4 of 4 right and keeps 2, b had 2 of 8 and keeps them.
+    check = ChainCheck([AncestorScore("a", 0.5, 1.0, questions=4), AncestorScore("b", 0.25, 0.25, questions=8)])
+    assert check.lost == pytest.approx(2 / 6) and check.worst.key == "a"
     enforce_chain(check, None)
-    enforce_chain(check, 0.5)
+    enforce_chain(check, 0.34)
     with pytest.raises(AncestorForgettingExceeded) as e:
-        enforce_chain(check, 0.4)
+        enforce_chain(check, 0.3)
     assert e.value.code == "ancestor_forgetting_exceeded" and "version a" in str(e.value)
+    assert e.value.details()["chain"]["lost"] == pytest.approx(2 / 6)
     assert e.value.details()["chain"]["max_lost"] == 0.5
+    enforce_chain(ChainCheck([], own=1.0), 0.0)  # a root: nothing to lose
 
 
 @pytest.fixture(scope="module")
