@@ -10,8 +10,8 @@ worker's job code, the engine) with the server's default recipe:
   *-loose          the same with ``max_forgetting`` 0.6 instead of the server's 0.3;
   multi            all passages in one multi-document POST (the comparison the issue asks for).
 
-After each step the registered version is graded on every passage's questions through the chat
-path as served (relevance routing on, as a user gets it; ``contains`` on 128 tokens): row j of the
+After each step the registered version is graded on the questions of every passage learned so far
+through the chat path as served (relevance routing on, as a user gets it; ``contains`` on 128 tokens): row j of the
 accuracy matrix, passage i after step j. General forgetting after each step on the report half of
 the probes (never seen by training or gates). Rows go to ``OUT/results.jsonl`` as steps finish; a
 rerun with the same OUT resumes an arm from its last finished step (the registry and adapters live
@@ -97,11 +97,14 @@ def main() -> None:
     golds = [q.answer for d in docs for q in d.questions]
     owner = [i for i, d in enumerate(docs) for _ in d.questions]
 
-    def grade(adapter: Any) -> tuple[list[float], float]:
-        """Per passage contains@read of ``adapter`` as served (None: the base model), and its forgetting."""
-        answers = chat_answers(bundle, questions, [adapter] * len(questions), max_tokens=args.read_tokens)
-        per = [grade_replies(bundle, [a for a, o in zip(answers, owner) if o == i],
-                             [g for g, o in zip(golds, owner) if o == i], 32)["contains_read"] for i in range(len(docs))]
+    def grade(adapter: Any, upto: int = len(docs)) -> tuple[list[float], float]:
+        """Per passage (the first ``upto``: those learned so far) contains@read of ``adapter`` as served
+        (None: the base model), and its forgetting."""
+        mine = [k for k, o in enumerate(owner) if o < upto]
+        answers = dict(zip(mine, chat_answers(bundle, [questions[k] for k in mine], [adapter] * len(mine),
+                                              max_tokens=args.read_tokens)))
+        per = [grade_replies(bundle, [answers[k] for k in mine if owner[k] == i],
+                             [golds[k] for k in mine if owner[k] == i], 32)["contains_read"] for i in range(upto)]
         forgot = measure_forgetting(bundle, check, [adapter], drift=False)[0].forgetting if adapter is not None else 0.0
         return per, forgot
 
@@ -140,7 +143,7 @@ def main() -> None:
                       "seconds": job["seconds"]})
                 print(f"{arm} step {j}: {job['status']} ({job['error']})", flush=True)
                 return
-            per, forgot = grade(load_adapter(adapter_dir(settings, "bench", job["adapter_id"])))
+            per, forgot = grade(load_adapter(adapter_dir(settings, "bench", job["adapter_id"])), j + 1)
             metrics = job["metrics"] or {}
             save({"arm": arm, "step": j, "adapter_id": job["adapter_id"], "status": "succeeded", "accuracy": per,
                   "forgetting": forgot, "seconds": job["seconds"], "timings": metrics.get("timings"),
@@ -190,6 +193,7 @@ def report(rows: list[dict], arms: list[str], n: int) -> None:
         print("|---" * (n + 3) + "|")
         for r in mine:
             cells = [f"{a:.2f}" if i <= r["step"] else "" for i, a in enumerate(r["accuracy"])]
+            cells += [""] * (n - len(cells))
             print(f"| {r['step']} | " + " | ".join(cells) + f" | {r['forgetting']:.3f} | {r['seconds']:.0f} |")
         last = mine[-1]
         own = {r["step"]: r["accuracy"][r["step"]] for r in mine}
