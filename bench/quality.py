@@ -69,6 +69,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # With the relevance check guarding general requests, an adapter that learns more and forgets more:
     # every linear layer, no retention gate.
     "linear-routed": _linear({"strategy": "passage", "k": 1, "relevance_quantile": 0.95}),
+    # ... trained longer: one passage is one sequence, so 10 epochs are only 10 optimizer steps.
+    "linear-routed-e20": _linear({"strategy": "passage", "k": 1, "relevance_quantile": 0.95,
+                                  "lora": {"epochs": 20}}),
+    "linear-routed-e40": _linear({"strategy": "passage", "k": 1, "relevance_quantile": 0.95,
+                                  "lora": {"epochs": 40}}),
     # What the service and the benchmarks did before this benchmark existed.
     "passage": _linear({"strategy": "passage", "k": 1}),
     "implications-k5": _linear({"strategy": "implications", "k": 5}),
