@@ -107,9 +107,11 @@ def test_every_tenant_route_answers_404_for_another_tenants_ids(env):
     task = client.post("/v1/tasks", headers=a, json={"train": [{"input": w, "output": w.upper()}
                                                                for w in ("apple", "river", "candle")]})
     assert task.status_code == 202, task.text
+    assert client.put("/v1/aliases/kb-alpha", headers=a, json={"adapter_id": adapter_id}).status_code == 200
     ids = {"job_id": job["id"], "doc_id": job["documents"][0], "model_id": adapter_id, "adapter_id": adapter_id,
-           "filename": "adapter_config.json"}
-    bodies = {"/v1/tasks/{job_id}/solve": {"inputs": ["lamp"]}}
+           "filename": "adapter_config.json", "name": "kb-alpha"}
+    # B pointing A's alias at A's adapter: 404 (neither is B's), never a move.
+    bodies = {"/v1/tasks/{job_id}/solve": {"inputs": ["lamp"]}, "/v1/aliases/{name}": {"adapter_id": adapter_id}}
     routes = [(m, r.path_format) for r in api_routes(client.app) for m in r.methods
               if r.dependant.path_params and not r.path_format.startswith("/v1/admin")]
     assert len(routes) >= 13, routes
