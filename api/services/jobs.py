@@ -198,7 +198,8 @@ def job_out(job: AdaptationJob) -> AdaptationOut:
         recipe=job.recipe or {}, max_forgetting=job.max_forgetting,
         metrics=job.metrics, error=job_error(job),
         adapter_id=job.adapter_id if job.status == SUCCEEDED else None,
-        parent_id=job.parent_id, alias=job.alias, attempts=job.attempts, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+        parent_id=job.parent_id, alias=job.alias, attempts=job.attempts, created_at=job.created_at,
+        started_at=job.started_at, finished_at=job.finished_at,
     )
 
 
