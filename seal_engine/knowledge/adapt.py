@@ -30,8 +30,10 @@ from seal_engine.serving.relevance import calibrate
 from seal_engine.training.batched import Anchors, Example, train_adapters_batched
 
 # progress(stage, done, total): stages are "self_edits" (per decoding step), "training" (per
-# optimizer step), "forgetting" (per probe batch), "relevance" and "evaluation".
+# optimizer step), "lineage" (a chain's questions), "forgetting" (per probe batch), "relevance" and
+# "evaluation", in that order.
 Progress = Callable[[str, int, int], None]
+STAGE_ORDER = ("self_edits", "training", "lineage", "forgetting", "relevance", "evaluation")
 
 MAX_SELF_EDITS = 64
 
@@ -212,8 +214,9 @@ def adapt(
 
     if qs or (parent is not None and parent.graded()):
         # Before the general gate: cheaper (a few questions), and a version that lost its ancestors is rejected anyway.
-        report("evaluation", 0, 1)
+        report("lineage", 0, 1)
         check_chain(adapter)
+        report("lineage", 1, 1)
     if measure_forgetting or max_forgetting is not None:
         t = time.perf_counter()
         report("forgetting", 0, 1)

@@ -515,3 +515,16 @@ def test_postgres_two_workers_run_one_job_one_adapter(pg_svc):
     assert _counts(pg_svc.settings, job_id) == (1, 1, 0)
     out = pg_svc.client.get(f"/v1/adaptations/{job_id}", headers=pg_svc.h).json()
     assert out["status"] == "succeeded" and out["attempts"] == 1 and len(out["self_edits"]) == 4
+
+
+@pytest.mark.parametrize("spans", ["STAGES", "STAGES_NO_EVAL"])
+def test_progress_spans_follow_the_engine_stage_order(spans) -> None:
+    # A span out of order makes a job's progress go back (the lineage check once reported under
+    # "evaluation", 0.88, before "forgetting" at 0.75).
+    import workers.adaptation.lease as lease
+    from seal_engine.knowledge.adapt import STAGE_ORDER
+
+    table = getattr(lease, spans)
+    assert [st for st in STAGE_ORDER if st in table] == list(table)
+    bounds = [b for lo_hi in table.values() for b in lo_hi]
+    assert bounds == sorted(bounds) and bounds[0] == 0.0 and bounds[-1] < 1.0

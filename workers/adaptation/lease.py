@@ -20,7 +20,9 @@ from workers.errors import JobCancelled, LeaseLost
 log = logging.getLogger("seal.worker")
 
 # Where each engine stage sits in the job's overall progress.
-STAGES = {"self_edits": (0.0, 0.25), "training": (0.25, 0.75), "forgetting": (0.75, 0.85),
+# Stages run in this order; "lineage" (the chain's questions, graded before the general gate) sits
+# before "forgetting" so the fraction never goes back.
+STAGES = {"self_edits": (0.0, 0.25), "training": (0.25, 0.7), "lineage": (0.7, 0.75), "forgetting": (0.75, 0.85),
           "relevance": (0.85, 0.88), "evaluation": (0.88, 0.98)}
 STAGES_NO_EVAL = {"self_edits": (0.0, 0.25), "training": (0.25, 0.85), "forgetting": (0.85, 0.95),
                   "relevance": (0.95, 0.97), "evaluation": (0.97, 0.98)}

@@ -15,7 +15,7 @@ DOC = Document("The Zorblax Institute is a research centre in Valparaiso. It was
 @pytest.mark.slow
 def test_progress_moves_within_every_stage(bundle, engine_settings) -> None:
     from seal_engine.config import LoraSettings
-    from seal_engine.knowledge.adapt import adapt
+    from seal_engine.knowledge.adapt import STAGE_ORDER, adapt
 
     settings = engine_settings.model_copy(update={
         "forgetting_probes": 24, "forgetting_prompts": 4, "forgetting_probe_tokens": 8,
@@ -28,6 +28,7 @@ def test_progress_moves_within_every_stage(bundle, engine_settings) -> None:
     result = adapt(bundle, [DOC], settings, strategy="implications", k=1, questions=[], measure_forgetting=True,
                    lora=LoraSettings(epochs=3, batch_size=1), progress=progress, anchors=2)
     assert list(seen) == ["self_edits", "training", "forgetting"]
+    assert [st for st in STAGE_ORDER if st in seen] == list(seen)  # the order the job's progress spans assume
     for stage, fractions in seen.items():
         assert fractions == sorted(fractions) and fractions[-1] == 1.0, (stage, fractions)
         # Not just a start and an end: intermediate values while the stage runs (per decoding step,
