@@ -239,13 +239,17 @@ class EngineSettings(BaseSettings):
     retention_probes: int = Field(64, ge=0)
     # Forgetting, asked through the chat path on the gate half of the probes and generic prompts
     # (seal_engine.knowledge.forgetting): how many of each an adapter is checked on (0 = all
-    # of its half), and the reply length of a probe answer.
     # of its half), and the reply length of a probe answer. The defaults keep the gate near 10 s per
     # adapter on 2 CPU cores (32 probes decoded 24 tokens: 0.3 s a step in float32); a probe counts
     # only if the base model answers it within that length (22 of the 32 for the default model).
     forgetting_probes: int = Field(32, ge=0)
     forgetting_prompts: int = Field(8, ge=0)
     forgetting_probe_tokens: int = Field(24, ge=1, le=512)
+    # Relevance calibration (seal_engine.serving.relevance): how many of the gate half's requests
+    # (its probe questions and generic prompts, taken evenly spaced) an adapter's threshold is
+    # calibrated on; 0 = all of them (124 for the built-in probe set, ~3 s on 2 cores). Fewer is
+    # faster and coarser: the quantile is read off fewer gains.
+    relevance_requests: int = Field(0, ge=0)
 
     @field_validator("model_path", mode="before")
     @classmethod

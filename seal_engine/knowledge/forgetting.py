@@ -219,11 +219,15 @@ def gate_check(bundle: ModelBundle, settings: EngineSettings) -> ForgettingCheck
 
 
 def gate_requests(bundle: ModelBundle, settings: EngineSettings) -> list[list[int]]:
-    """The whole gate half (probe questions and generic prompts) as chat requests' prompt tokens:
-    the general requests an adapter's relevance threshold is calibrated on."""
+    """The gate half (probe questions and generic prompts; ``settings.relevance_requests`` of them
+    when set) as chat requests' prompt tokens: the general requests an adapter's relevance
+    threshold is calibrated on."""
     from seal_engine.serving.completions import chat_prompt_ids
 
     texts = [p.question for p in probes(bundle, settings, "gate")] + generic_prompts("gate")
+    if 0 < settings.relevance_requests < len(texts):
+        n = settings.relevance_requests  # evenly spaced, so both probes and generic prompts stay in
+        texts = [texts[i * len(texts) // n] for i in range(n)]
     return [chat_prompt_ids(bundle, [{"role": "user", "content": t}]) for t in texts]
 
 

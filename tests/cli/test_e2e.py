@@ -20,11 +20,12 @@ SHORT_ANSWERS = {"answer_max_new_tokens": "16"}
 
 
 def seal(*args: str, cwd, **settings: str) -> subprocess.CompletedProcess:
-    """Run `seal`; small probe sets (measuring forgetting is most of an `adapt`), short self-edits, and
+    """Run `seal`; small probe sets (measuring forgetting is most of an `adapt`), relevance calibrated on
+    24 requests, short self-edits, and
     ``settings`` as more SEAL_* variables."""
     env = {**os.environ, "SEAL_DATA_DIR": str(TEST_DATA_DIR), "SEAL_RETENTION_PROBES": "4",
            "SEAL_FORGETTING_PROBES": "4", "SEAL_FORGETTING_PROMPTS": "2", "SEAL_FORGETTING_PROBE_TOKENS": "16",
-           "SEAL_SAMPLING__MAX_NEW_TOKENS": "48", "COLUMNS": "200"}
+           "SEAL_SAMPLING__MAX_NEW_TOKENS": "48", "SEAL_RELEVANCE_REQUESTS": "24", "COLUMNS": "200"}
     env.update({f"SEAL_{k.upper()}": v for k, v in settings.items()})
     r = subprocess.run([sys.executable, "-m", "seal_cli.main", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, timeout=600)

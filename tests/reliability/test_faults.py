@@ -232,7 +232,7 @@ def postgres_redis(tmp_path: Path) -> Iterator[Stack]:
                  "unacked_mutex")
 
 
-JOBS, KILLS, OUTSTANDING, EPOCHS = 20, 5, 8, 4
+JOBS, KILLS, OUTSTANDING, EPOCHS = 20, 5, 8, 2
 
 
 @pytest.mark.slow

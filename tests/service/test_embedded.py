@@ -68,7 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = service_env(
         data_dir=TEST_DATA_DIR, state_dir=state, torch_threads=1, worker_heartbeat_s=1,
         retention_probes=2, answer_max_new_tokens=16, forgetting_probes=2, forgetting_prompts=1,
-        forgetting_probe_tokens=16,
+        forgetting_probe_tokens=16, relevance_requests=24,  # the relevance base side: 24 requests, not 124
     )
     keys = {t: _key(env, t) for t in ("alpha", "beta", "gamma")}
     port = free_port()

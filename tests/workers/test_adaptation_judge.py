@@ -25,7 +25,8 @@ def judged(tmp_path, bundle, request):
     """A service whose jobs grade with a judge server (``request.param``: the reward's grader)."""
     with JudgeServer() as judge:
         settings = service_settings(tmp_path, TEST_DATA_DIR, judge=judge.settings(), forgetting_probes=4,
-                                    forgetting_prompts=2, reward_grader=getattr(request, "param", "contains"))
+                                    forgetting_prompts=2, recipe={"relevance": False},  # the grading, not routing
+                                    reward_grader=getattr(request, "param", "contains"))
         with api_client(settings) as client:
             h = bearer(new_key(settings, "acme"))
 

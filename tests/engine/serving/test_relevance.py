@@ -105,6 +105,10 @@ def test_calibration_is_a_quantile_of_gains_on_the_gate_half_only(bundle, engine
     assert len(requests) == len(texts) > 50 and all(split_of(t) == "gate" for t in texts)
     report = {p.question for p in probes(bundle, engine_settings, "report")} | set(generic_prompts("report"))
     assert not report & set(texts)
+    # SEAL_RELEVANCE_REQUESTS: an evenly spaced subset that keeps both kinds of request.
+    few = gate_requests(bundle, engine_settings.model_copy(update={"relevance_requests": 10}))
+    assert len(few) == 10 and {tuple(r) for r in few} <= {tuple(r) for r in requests}
+    assert few[0] == requests[0] and few[-1] in requests[len(requests) - len(generic_prompts("gate")):]
     adapter = random_adapter(bundle, 4, seed=3)
     rel = calibrate(bundle, adapter, requests, 0.9)
     gains = adapter_gains(bundle, adapter, requests, cache_base=True)
