@@ -74,6 +74,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                                   "lora": {"epochs": 20}}),
     "linear-routed-e40": _linear({"strategy": "passage", "k": 1, "relevance_quantile": 0.95,
                                   "lora": {"epochs": 40}}),
+    # SEAL's self-edits (the passage plus 3 sampled lists of implications, each line a sequence), routed.
+    "implications-k3-routed": _linear({"strategy": "implications", "k": 3, "relevance_quantile": 0.95}),
     # What the service and the benchmarks did before this benchmark existed.
     "passage": _linear({"strategy": "passage", "k": 1}),
     "implications-k5": _linear({"strategy": "implications", "k": 5}),

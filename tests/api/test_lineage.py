@@ -27,8 +27,10 @@ def svc(tmp_path_factory, bundle):
     # Every request served by the adapter it names (no relevance routing): the test reads what the weights know.
     # A smaller general-knowledge gate than the server's (12 probes, 12 tokens): cheaper, and still sure to
     # reject the harsh update of the rejection test.
+    # The chain is graded on 48-token replies, as _ask reads them (greedy: the same first 48 tokens).
     settings = service_settings(tmp_path_factory.mktemp("lineage"), TEST_DATA_DIR, recipe={"relevance": False},
-                                forgetting_probes=12, forgetting_prompts=2, forgetting_probe_tokens=12)
+                                forgetting_probes=12, forgetting_prompts=2, forgetting_probe_tokens=12,
+                                lineage_answer_tokens=48)
     with api_client(settings) as client:
         yield SimpleNamespace(client=client, settings=settings, bundle=bundle, h=bearer(new_key(settings, "acme")),
                               other=bearer(new_key(settings, "globex")), versions=[])
