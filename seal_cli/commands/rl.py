@@ -25,6 +25,9 @@ def rl(
                                            "recipes the policy learns to write (--data: a task file or "
                                            "builtin:text-suite)")] = "knowledge",
     keep_margin: Annotated[Optional[float], typer.Option(help="keep a best self-edit only if it beats passage-only by this")] = None,
+    reward: Annotated[str, typer.Option(help="the learning term of a self-edit's reward: graded (closed-book accuracy) "
+                                             "or likelihood (the gold answers' log-likelihood gain as chat replies, "
+                                             "nats/token)")] = "graded",
     epochs: Epochs = None,
     retention_probes: Annotated[Optional[int], typer.Option(
         min=0, help="general-knowledge probes in each reward's retention term (default: the preset's)")] = None,
@@ -57,7 +60,8 @@ def rl(
                 raise ValueError(f"{data}: no task has held-out outputs to reward recipes with")
             if dev:
                 raise ValueError("--dev compares knowledge policies; for tasks run bench/fewshot.py --policy")
-        over: dict = {"iterations": iterations, "strategy": strategy, "keep_margin": keep_margin, "task": task}
+        over: dict = {"iterations": iterations, "strategy": strategy, "keep_margin": keep_margin, "task": task,
+                      "reward": reward}
         over.update({k: v for k, v in {"passages": passages, "samples": samples, "repeats": repeats, "seed": seed,
                                        "retention_probes": retention_probes}.items() if v is not None})
         base = RLConfig.small()

@@ -293,7 +293,8 @@ def grade_chain(bundle: ModelBundle, adapter: LoraAdapter, own: Sequence[Questio
                       own=means[0])
 
 
-def reward_for(adapted: QAResult, retention: float | None, baseline_retention: float | None, settings: EngineSettings) -> Reward:
+def reward_for(adapted: QAResult, retention: float | None, baseline_retention: float | None, settings: EngineSettings,
+               gain: float | None = None) -> Reward:
     """The reward from an adapter's QA result, with the configured grader."""
     grader = settings.reward_grader
     if grader not in adapted.accuracy:
@@ -301,7 +302,8 @@ def reward_for(adapted: QAResult, retention: float | None, baseline_retention: f
             raise JudgeError(f"the LLM judge grades the reward and gave no verdict: {adapted.judge_error}")
         raise InputError(f"reward grader {grader!r} has no score (judge error: {adapted.judge_error})")
     return compute_reward(adapted.accuracy[grader], retention if retention is not None else 1.0,
-                          baseline_retention if baseline_retention is not None else 1.0, settings.retention_lambda)
+                          baseline_retention if baseline_retention is not None else 1.0, settings.retention_lambda,
+                          gain)
 
 
 def save_result(result: AdaptationResult, out_dir: str | Path) -> Path:

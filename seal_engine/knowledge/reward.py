@@ -11,6 +11,9 @@ class Reward:
     retention: float
     baseline_retention: float
     retention_lambda: float
+    # The learning term when the reward is the gold answers' log-likelihood gain (nats per token,
+    # seal_engine.knowledge.likelihood) instead of the graded accuracy; None: graded.
+    gain: float | None = None
 
     @property
     def forgetting(self) -> float:
@@ -22,14 +25,16 @@ class Reward:
 
     @property
     def value(self) -> float:
-        return self.adapted_accuracy - self.penalty
+        return (self.adapted_accuracy if self.gain is None else self.gain) - self.penalty
 
     def to_dict(self) -> dict[str, float]:
-        return {**asdict(self), "forgetting": self.forgetting, "penalty": self.penalty, "reward": self.value}
+        terms = {k: v for k, v in asdict(self).items() if v is not None}
+        return {**terms, "forgetting": self.forgetting, "penalty": self.penalty, "reward": self.value}
 
 
 def compute_reward(
-    adapted_accuracy: float, retention: float, baseline_retention: float, retention_lambda: float
+    adapted_accuracy: float, retention: float, baseline_retention: float, retention_lambda: float,
+    gain: float | None = None,
 ) -> Reward:
-    """reward = adapted accuracy - lambda * max(0, baseline_retention - retention)."""
-    return Reward(adapted_accuracy, retention, baseline_retention, retention_lambda)
+    """reward = adapted accuracy (or, given, the answers' likelihood gain) - lambda * max(0, baseline_retention - retention)."""
+    return Reward(adapted_accuracy, retention, baseline_retention, retention_lambda, gain)

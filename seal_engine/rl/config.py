@@ -40,6 +40,11 @@ class RLConfig(BaseModel):
     sft: SFTSettings = Field(default_factory=SFTSettings)
     sampling: SamplingSettings = Field(default_factory=lambda: SamplingSettings(max_new_tokens=256))
     retention_lambda: float = Field(1.0, ge=0.0)
+    # What a self-edit's learning term is: "graded" (closed-book accuracy of the decoded answers, the
+    # engine's reward_grader) or "likelihood" (the gold answers' mean per-token log-likelihood gain over
+    # the base model as chat replies, teacher-forced: seal_engine.knowledge.likelihood). Both are
+    # recorded per sample either way; knowledge runs only.
+    reward: Literal["graded", "likelihood"] = "graded"
     retention_probes: int | None = Field(None, ge=0, description="None: the engine setting")
     # "stack": each iteration continues training the previous policy LoRA; "fresh": a new
     # LoRA from the base model on this iteration's kept pairs.
@@ -56,6 +61,8 @@ class RLConfig(BaseModel):
                 raise ValueError("RL needs a self-edit strategy, not the passage-only baseline")
         elif self.repeats != 1:
             raise ValueError("few-shot task runs train each recipe once (repeats = 1)")
+        elif self.reward != "graded":
+            raise ValueError("few-shot task runs reward recipes by their graded held-out answers (reward = graded)")
         return self
 
     @property

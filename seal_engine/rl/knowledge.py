@@ -13,6 +13,7 @@ from seal_engine.core.model import ModelBundle
 from seal_engine.knowledge.adapt import reward_for
 from seal_engine.knowledge.documents import Document
 from seal_engine.knowledge.evaluation import score_adapters
+from seal_engine.knowledge.likelihood import answer_gains
 from seal_engine.knowledge.prompts import get_strategy
 from seal_engine.knowledge.self_edits import sample_self_edits_many, training_sequences
 from seal_engine.rl.config import RLConfig, candidate_seed, sample_seed
@@ -55,8 +56,13 @@ def evaluate_passage(
     adapters = train_adapters_batched(bundle, sets, config.lora, seeds=seeds)
     scores = score_adapters(bundle, list(doc.questions), [None, *adapters], settings, judge=judge)
     base, passage_score, cands = scores[0], scores[1], scores[2:]
+    # The dense learning term, for every adapter whichever reward is chosen (one teacher-forced pass):
+    # what the run's figures compare the two rewards on.
+    gains = answer_gains(bundle, list(doc.questions), adapters)
+    dense = config.reward == "likelihood"
     grader = settings.reward_grader
-    passage_reward = reward_for(passage_score.qa, passage_score.retention, base.retention, settings)
+    passage_reward = reward_for(passage_score.qa, passage_score.retention, base.retention, settings,
+                                gains[0] if dense else None)
     result = PassageResult(
         passage=passage_index, title=doc.title, baseline_accuracy=base.qa.accuracy[grader],
         baseline_retention=base.retention, passage_accuracy=passage_score.qa.accuracy[grader],
@@ -64,7 +70,9 @@ def evaluate_passage(
     )
     for n, edit in enumerate(edits):
         mine = cands[n * config.repeats : (n + 1) * config.repeats]
-        rewards = [reward_for(s.qa, s.retention, base.retention, settings) for s in mine]
+        my_gains = gains[1 + n * config.repeats : 1 + (n + 1) * config.repeats]
+        rewards = [reward_for(s.qa, s.retention, base.retention, settings, g if dense else None)
+                   for s, g in zip(mine, my_gains)]
         rets = [s.retention for s in mine if s.retention is not None]
         result.samples.append(SampleResult(
             passage=passage_index, sample=n, prompt=prompt, text=edit,
@@ -73,6 +81,7 @@ def evaluate_passage(
             reward=statistics.fmean(r.value for r in rewards),
             adapted_accuracy=statistics.fmean(r.adapted_accuracy for r in rewards),
             retention=statistics.fmean(rets) if rets else None,
+            likelihood_gain=statistics.fmean(my_gains),
         ))
     result.seconds = time.perf_counter() - t0
     return result

@@ -18,6 +18,9 @@ class SampleResult:
     reward: float  # mean over repeats
     adapted_accuracy: float
     retention: float | None
+    # The gold answers' log-likelihood gain over the base model (nats/token; knowledge runs), recorded
+    # whichever reward the run uses.
+    likelihood_gain: float | None = None
 
 
 @dataclass

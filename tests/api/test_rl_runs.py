@@ -101,9 +101,11 @@ def test_rl_runs_are_admin_only_and_validated(svc):
     assert svc.client.get("/v1/admin/rl-runs", headers=svc.h).status_code == 403
     for bad in [{"samples": 0}, {"repeats": 0}, {"passages": 0}, {"dataset": str(svc.tmp / "nope.json")},
                 {"strategy": "nonsense"}, {"documents": [{"text": "x", "questions": []}]}, {"dataset": None},
-                {"lora": {"rank": 0}}, {"surprise": 1}]:
+                {"lora": {"rank": 0}}, {"surprise": 1}, {"reward": "vibes"}, {"task": "text", "reward": "likelihood"}]:
         r = svc.client.post("/v1/admin/rl-runs", headers=svc.admin, json={**body, **bad})
         assert r.status_code == 422, (bad, r.text)
+    r = svc.client.post("/v1/admin/rl-runs", headers=svc.admin, json={**body, "reward": "vibes"})
+    assert r.json()["error"]["param"] == "reward", r.text
     assert svc.client.get("/v1/admin/rl-runs/rl_missing", headers=svc.admin).status_code == 404
 
 

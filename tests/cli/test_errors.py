@@ -93,6 +93,8 @@ def test_rl_bad_input(tmp_path, squad_dev):
     assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", "-N", "0", cwd=tmp_path), "samples")
     assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", "--strategy", "passage", cwd=tmp_path),
                           "self-edit strategy")
+    assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", "--reward", "vibes", cwd=tmp_path),
+                          "reward")
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "config.json").write_text(json.dumps({"passages": 99}))
     assert_one_line_error(run("rl", "--data", str(squad_dev), "--out", "o", cwd=tmp_path), "different configuration")
