@@ -161,8 +161,38 @@ def iteration_metrics(results: Sequence[PassageResult], kept: Sequence[SampleRes
         "passage_accuracy": mean([r.passage_accuracy for r in results]),
         "passage_reward": mean([r.passage_reward for r in results]),
         "baseline_retention": mean([r.baseline_retention for r in results]),
+        "mean_likelihood_gain": mean([s.likelihood_gain for s in samples]),
+        # How well the dense term orders the self-edits as their graded accuracy does (knowledge runs).
+        "gain_accuracy_rank_correlation": rank_correlation(
+            [(s.likelihood_gain, s.adapted_accuracy) for s in samples if s.likelihood_gain is not None]),
         "kept": len(kept),
     }
+
+
+def _ranks(xs: Sequence[float]) -> list[float]:
+    """Ranks from 1, ties sharing their mean rank."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def rank_correlation(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Spearman's rho of (x, y) pairs (Pearson on tie-averaged ranks); None below 3 pairs or with no spread."""
+    if len(pairs) < 3:
+        return None
+    rx, ry = _ranks([p[0] for p in pairs]), _ranks([p[1] for p in pairs])
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    vx, vy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return cov / (vx * vy) ** 0.5 if vx > 0 and vy > 0 else None
 
 
 def run_iteration(

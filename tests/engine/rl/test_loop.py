@@ -117,3 +117,13 @@ def test_run_directory_resumes_across_new_and_execution_only_settings(tmp_path):
     prepare_run_dir(tmp_path, config.model_copy(update={"lora": config.lora.model_copy(update={"token_budget": 64})}))
     with pytest.raises(ValueError, match="different configuration"):
         prepare_run_dir(tmp_path, config.model_copy(update={"lora": config.lora.model_copy(update={"epochs": 3})}))
+
+
+def test_rank_correlation_is_spearmans_rho_with_ties_averaged():
+    from seal_engine.rl.loop import rank_correlation
+
+    assert rank_correlation([(1, 10), (2, 20), (3, 30)]) == pytest.approx(1.0)
+    assert rank_correlation([(1, 30), (2, 20), (3, 10)]) == pytest.approx(-1.0)
+    # x ranks 1, 2.5, 2.5, 4 against y ranks 1, 2, 3, 4: rho = 4.5 / sqrt(4.5 * 5)
+    assert rank_correlation([(0.1, 0), (0.5, 1), (0.5, 2), (0.9, 3)]) == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
+    assert rank_correlation([(1, 1), (2, 2)]) is None and rank_correlation([(1, 5), (2, 5), (3, 5)]) is None
