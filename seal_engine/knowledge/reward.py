@@ -36,5 +36,6 @@ def compute_reward(
     adapted_accuracy: float, retention: float, baseline_retention: float, retention_lambda: float,
     gain: float | None = None,
 ) -> Reward:
-    """reward = adapted accuracy (or, given, the answers' likelihood gain) - lambda * max(0, baseline_retention - retention)."""
+    """reward = adapted accuracy (or, given, the answers' likelihood gain)
+    - lambda * max(0, baseline_retention - retention)."""
     return Reward(adapted_accuracy, retention, baseline_retention, retention_lambda, gain)

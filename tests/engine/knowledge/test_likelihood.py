@@ -1,4 +1,5 @@
-"""The dense learning signal (seal_engine.knowledge.likelihood) on the real tiny model, and the RL reward built on it."""
+"""The dense learning signal (seal_engine.knowledge.likelihood) on the real tiny model, and the RL reward
+built on it."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def test_answer_rows_are_the_chat_prompt_then_only_the_answer_scored(bundle) -> 
     from seal_engine.training.sft import IGNORE
 
     [(ids, labels)] = answer_rows(bundle, [ASKED])
-    prompt = chat_prompt_ids(bundle, [{"role": "user", "content": ASKED.question}])  # what /v1/chat/completions feeds
+    # What /v1/chat/completions feeds the model:
+    prompt = chat_prompt_ids(bundle, [{"role": "user", "content": ASKED.question}])
     answer = bundle.tokenizer(ASKED.answer, add_special_tokens=False)["input_ids"]
     assert ids == prompt + answer and labels == [IGNORE] * len(prompt) + answer
     assert bundle.tokenizer.eos_token_id not in labels
@@ -60,8 +62,8 @@ def test_rl_rewards_a_self_edit_by_the_gain_and_records_it_either_way(bundle, en
     doc = Document(FACT.text, FACT.title, (ASKED,))
     edit = "1. Marguerite Okonkwo founded the Zorblax Institute.\n2. The Zorblax Institute is in Valparaiso."
     kw = dict(passages=1, samples=1, retention_probes=2, lora=LoraSettings(epochs=4))
-    runs = {reward: evaluate_passage(bundle, doc, 0, "prompt", [edit], RLConfig(reward=reward, **kw), engine_settings, 0)
-            for reward in ("graded", "likelihood")}
+    runs = {reward: evaluate_passage(bundle, doc, 0, "prompt", [edit], RLConfig(reward=reward, **kw),
+                                     engine_settings, 0) for reward in ("graded", "likelihood")}
     graded, dense = (runs[r].samples[0] for r in ("graded", "likelihood"))
     # Same seeds, same adapters: the same gain recorded; only the reward's learning term differs.
     assert graded.likelihood_gain == pytest.approx(dense.likelihood_gain, abs=1e-4) and dense.likelihood_gain > 0.0
