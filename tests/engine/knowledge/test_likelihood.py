@@ -19,7 +19,8 @@ def test_the_reward_takes_the_gain_as_its_learning_term_when_given() -> None:
     graded = compute_reward(0.4, 0.9, 1.0, 2.0)
     dense = compute_reward(0.4, 0.9, 1.0, 2.0, gain=1.5)
     assert graded.value == pytest.approx(0.4 - 0.2) and dense.value == pytest.approx(1.5 - 0.2)
-    assert "gain" not in graded.to_dict() and dense.to_dict()["gain"] == 1.5 and dense.to_dict()["reward"] == dense.value
+    assert "gain" not in graded.to_dict()
+    assert dense.to_dict()["gain"] == 1.5 and dense.to_dict()["reward"] == dense.value
 
 
 def test_answer_rows_are_the_chat_prompt_then_only_the_answer_scored(bundle) -> None:
