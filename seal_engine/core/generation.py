@@ -9,7 +9,7 @@ import torch
 from seal_engine.core.lora import LoraAdapter
 from seal_engine.core.model import ModelBundle
 from seal_engine.core.stops import truncate_at_stop
-from seal_engine.serving.lora_slots import serving
+from seal_engine.serving.lora_slots import distinct_slots, serving
 
 
 @torch.inference_mode()
@@ -43,11 +43,7 @@ def generate(
     if adapters is not None and any(a is not None for a in adapters):
         if len(adapters) != len(prompts):
             raise ValueError("one adapter (or None) per prompt")
-        unique: list[LoraAdapter] = []
-        for a in adapters:
-            if a is not None and all(a is not u for u in unique):
-                unique.append(a)
-        slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
+        unique, slot_of = distinct_slots(adapters)
         with serving(bundle, unique) as ml:
 
             def route(start: int, n: int) -> None:

@@ -139,17 +139,13 @@ def pair_nlls(bundle: ModelBundle, pairs: Sequence[tuple[str, str]], adapters: S
               *, batch_size: int = 16, max_len: int = 512) -> list[list[tuple[float, int]]]:
     """Per adapter, per pair: (summed NLL of the completion's tokens, how many), (0.0, 0) for a pair
     with no completion token left after truncation (pairs keep their positions)."""
-    from seal_engine.serving.lora_slots import serving
+    from seal_engine.serving.lora_slots import distinct_slots, serving
     from seal_engine.serving.scoring import token_nlls
     from seal_engine.training.sft import build_example
 
     built = [build_example(bundle, pair[0], pair[1], max_len) for pair in pairs]
     kept = [i for i, ex in enumerate(built) if ex]
-    unique: list[LoraAdapter] = []
-    for a in adapters:
-        if a is not None and all(a is not u for u in unique):
-            unique.append(a)
-    slot_of = [-1 if a is None else next(i for i, u in enumerate(unique) if u is a) for a in adapters]
+    unique, slot_of = distinct_slots(adapters)
     with serving(bundle, unique) as lora:
         nlls = token_nlls(bundle, lora, [(slot_of[j], *built[i]) for j in range(len(adapters))  # type: ignore[misc]
                                          for i in kept], batch_size=batch_size)

@@ -35,20 +35,16 @@ def answer_gains(bundle: ModelBundle, questions: Sequence[Question], adapters: S
     """Per adapter: the mean per-token log-likelihood gain (nats) of the questions' gold answers over
     the base model, every answer token weighing the same; all adapters and the base model share the
     forward passes. 0.0 for no answer tokens."""
-    from seal_engine.serving.lora_slots import serving
+    from seal_engine.serving.lora_slots import distinct_slots, serving
     from seal_engine.serving.scoring import token_nlls
 
     rows = answer_rows(bundle, questions)
     if not rows or not adapters:
         return [0.0] * len(adapters)
-    unique: list[LoraAdapter] = []
-    for a in adapters:
-        if all(a is not u for u in unique):
-            unique.append(a)
-    with serving(bundle, unique) as lora:
+    unique, slot_of = distinct_slots(adapters)
+    with serving(bundle, unique) as lora:  # the base model (slot -1), then each distinct adapter
         nlls = token_nlls(bundle, lora, [(slot, ids, labels) for slot in range(-1, len(unique))
                                          for ids, labels in rows], batch_size=batch_size)
     sums = [sum(float(t.sum()) for t in nlls[i * len(rows) : (i + 1) * len(rows)]) for i in range(len(unique) + 1)]
     tokens = sum(len(t) for t in nlls[: len(rows)])
-    gain = {id(u): (sums[0] - sums[1 + i]) / tokens for i, u in enumerate(unique)}
-    return [gain[id(a)] for a in adapters]
+    return [(sums[0] - sums[1 + slot]) / tokens for slot in slot_of]

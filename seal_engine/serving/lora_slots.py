@@ -237,6 +237,22 @@ class ServingLora:
             finally:
                 self.detach()
 
+def distinct_slots(adapters: Sequence[LoraAdapter | None]) -> tuple[list[LoraAdapter], list[int]]:
+    """The distinct adapters of ``adapters`` (by identity, first seen first) for :func:`serving`, and
+    each entry's slot among them (-1 for None: the base model)."""
+    unique: list[LoraAdapter] = []
+    slots: list[int] = []
+    for a in adapters:
+        if a is None:
+            slots.append(-1)
+            continue
+        slot = next((i for i, u in enumerate(unique) if u is a), len(unique))
+        if slot == len(unique):
+            unique.append(a)
+        slots.append(slot)
+    return unique, slots
+
+
 @contextmanager
 def serving(bundle: ModelBundle, adapters: Sequence[LoraAdapter]) -> Iterator[ServingLora]:
     """Distinct ``adapters`` loaded for inference (slot i = adapters[i]), in the model for the block."""

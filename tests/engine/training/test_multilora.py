@@ -354,3 +354,12 @@ def test_batched_training_when_slot_columns_equal_a_layer_width(fp32_bundle):
     for b, s, seed in zip(batched, SETS, SEEDS):
         alone = train_lora(fp32_bundle, s, cfg, seed=seed)
         assert b.losses == pytest.approx(alone.losses, rel=1e-4)
+
+
+def test_distinct_slots_dedupes_by_identity_and_gives_the_base_model_slot_minus_one() -> None:
+    from seal_engine.serving.lora_slots import distinct_slots
+
+    a, b = object(), object()  # identity is all it reads
+    unique, slots = distinct_slots([a, None, b, a, None, b])  # type: ignore[list-item]
+    assert unique == [a, b] and [unique[s] if s >= 0 else None for s in slots] == [a, None, b, a, None, b]
+    assert slots == [0, -1, 1, 0, -1, 1] and distinct_slots([]) == ([], [])
